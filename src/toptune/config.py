@@ -1,0 +1,194 @@
+"""Typed run configuration: one dataclass per parameter group of ``conf/base/parameters.yml``.
+
+Every field has a docstring and a default; ``__post_init__`` rejects bad values with a one-line
+message naming the parameter (``training.prefix_mode``, …). ``from_dict`` turns a Kedro
+``params:`` dict into the dataclass and names any unknown key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
+"""Where the embedded default (seeded tiny Qwen3 + offline Qwen tokenizer) is written on first use."""
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConfigError(ValueError):
+    """A parameter has a bad value; the message names it."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, group: str) -> T:
+    """Build dataclass ``cls`` from a parameter dict, naming the first unknown key as ``group.key``."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _check(not unknown, f"unknown parameter {group}.{unknown[0] if unknown else ''}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+@dataclass
+class DataConfig:
+    """How the raw table becomes labelled text (parameters ``data.*``)."""
+
+    text_template: str = "Product: {product}\nChannel: {channel}\nReview: {review}"
+    """``str.format`` template over the table's columns; each row becomes one text."""
+    label_column: str = "sentiment"
+    """Column holding the class label (any values; the sorted distinct values become classes)."""
+    id_column: str | None = "id"
+    """Column identifying a row in predictions; None (or absent) = the row number."""
+    val_fraction: float = 0.1
+    """Share of rows held out for validation each epoch (stratified)."""
+    test_fraction: float = 0.1
+    """Share of rows held out for the final test metrics (stratified)."""
+    min_class_rows: int = 10
+    """Classes with fewer rows cannot be split into train/val/test: they are dropped and counted."""
+    drop_duplicates: bool = True
+    """Drop rows whose text and label repeat an earlier row (counted); False keeps them."""
+    bad_rows: str = "drop"
+    """Rows with an empty / NaN text cell, a NaN label or a non-string text cell: ``drop`` (counted,
+    logged) or ``error`` (fail naming the first bad row and column)."""
+    sample_rows: int | None = None
+    """Use only the first N valid rows (quick runs, tests); None = all."""
+
+    def __post_init__(self) -> None:
+        _check("{" in self.text_template, "data.text_template must name at least one {column}")
+        _check(bool(self.label_column), "data.label_column must name a column")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            _check(0 < v < 0.5, f"data.{name}={v} must be in (0, 0.5)")
+        _check(self.val_fraction + self.test_fraction < 0.9, "data.val_fraction + data.test_fraction must be < 0.9")
+        _check(self.min_class_rows >= 3, f"data.min_class_rows={self.min_class_rows} must be >= 3 (one row per split)")
+        _check(self.bad_rows in ("drop", "error"), f"data.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
+        _check(self.sample_rows is None or self.sample_rows > 0, "data.sample_rows must be > 0 or null")
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint, and which of its blocks train (parameters ``model.*``)."""
+
+    name_or_path: str = DEFAULT_MODEL_PATH
+    """A hub id (``Qwen/Qwen3-0.6B``) or a local directory of a Qwen2 / Qwen2.5 / Qwen3 checkpoint.
+    The default path holds the embedded seeded tiny Qwen3, written there on first use."""
+    trainable_layers: int | list[int] = 3
+    """K (train the top K blocks) or an explicit list of block indices. Blocks below the lowest
+    trainable one form the frozen prefix."""
+    dtype: str = "auto"
+    """Weights' dtype: ``auto`` (float32 on CPU; bfloat16 weights stay float32 and train under
+    bf16 autocast on CUDA), ``float32`` or ``bfloat16``."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name_or_path), "model.name_or_path must be set")
+        k = self.trainable_layers
+        if isinstance(k, int):
+            _check(k >= 1, f"model.trainable_layers={k} must be >= 1")
+        else:
+            _check(isinstance(k, (list, tuple)) and len(k) > 0 and all(isinstance(i, int) and i >= 0 for i in k),
+                   f"model.trainable_layers={k!r} must be an int K or a non-empty list of block indices")
+            self.trainable_layers = sorted(set(k))
+        _check(self.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={self.dtype!r} must be auto, float32 or bfloat16")
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The trainable block indices for a model of ``num_layers`` blocks."""
+        k = self.trainable_layers
+        if isinstance(k, int):
+            _check(k <= num_layers, f"model.trainable_layers={k} exceeds the model's {num_layers} blocks")
+            return list(range(num_layers - k, num_layers))
+        _check(max(k) < num_layers, f"model.trainable_layers has block {max(k)}; the model has blocks 0..{num_layers - 1}")
+        return list(k)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the trainable blocks (parameters ``lora.*``)."""
+
+    r: int = 8
+    """Rank of each adapter's B·A update."""
+    alpha: int = 16
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    """Projection names inside each trainable block that get an adapter."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"lora.r={self.r} must be >= 1")
+        _check(self.alpha > 0, f"lora.alpha={self.alpha} must be > 0")
+        _check(0 <= self.dropout < 1, f"lora.dropout={self.dropout} must be in [0, 1)")
+        _check(bool(self.target_modules), "lora.target_modules must name at least one module")
+        self.target_modules = list(self.target_modules)
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop (parameters ``training.*``)."""
+
+    prefix_mode: str = "no_grad"
+    """``no_grad``: frozen prefix run without a graph (default); ``autograd``: the stock PEFT forward,
+    for comparison; ``cache``: prefix output computed once and reused every epoch."""
+    epochs: int = 6
+    """Passes over the training split."""
+    batch_size: int = 16
+    """Examples per optimiser step (before gradient accumulation)."""
+    eval_batch_size: int = 64
+    """Examples per batch in validation, test and prediction."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW (adapters and score head)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.06
+    """Share of optimiser steps with a linear warm-up; the rest decays linearly to 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm); 0 disables."""
+    grad_accum_steps: int = 1
+    """Batches whose gradients add up before one optimiser step."""
+    max_length: int = 128
+    """Token limit per text; longer texts are truncated (and counted)."""
+    seed: int = 42
+    """Seed of the split, the score head's init, the batch order and dropout."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    log_every: int = 10
+    """Optimiser steps between logged training-loss points."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        from toptune.prefix import PREFIX_MODES
+
+        _check(self.prefix_mode in PREFIX_MODES, f"training.prefix_mode={self.prefix_mode!r} must be one of {', '.join(PREFIX_MODES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_length", "log_every"):
+            _check(getattr(self, name) >= 1, f"training.{name}={getattr(self, name)} must be >= 1")
+        _check(self.lr > 0, f"training.lr={self.lr} must be > 0")
+        _check(0 <= self.warmup_ratio < 1, f"training.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        _check(self.max_grad_norm >= 0, f"training.max_grad_norm={self.max_grad_norm} must be >= 0")
+        _check(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r} must be auto, cpu or cuda")
+
+
+@dataclass
+class RunConfig:
+    """All groups of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RunConfig:
+        """From Kedro's full parameter dict (groups ``data``, ``model``, ``lora``, ``training``)."""
+        return cls(
+            data=from_dict(DataConfig, params.get("data"), "data"),
+            model=from_dict(ModelConfig, params.get("model"), "model"),
+            lora=from_dict(LoraSettings, params.get("lora"), "lora"),
+            training=from_dict(TrainingConfig, params.get("training"), "training"),
+        )

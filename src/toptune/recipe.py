@@ -1,0 +1,95 @@
+"""Compose the pieces of a run: resolve the checkpoint, load tokenizer and classifier, add adapters,
+train in the configured prefix mode, predict. Kedro nodes and the benchmark call these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from toptune.adapters import add_adapters, param_counts
+from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, TrainingConfig
+from toptune.data import Encoded
+from toptune.model import decoder_layers, ensure_tiny_qwen, load_classifier
+from toptune.tokenizer import load_tokenizer
+from toptune.train import EvalResult, TrainResult, live_batches, live_logits, resolve_device, run_eval, train
+
+
+def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str:
+    """The checkpoint to load: the embedded default is written on first use; anything else is passed
+    through (hub id or local directory) for ``from_pretrained`` to resolve."""
+    if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
+        return str(ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH))
+    return name_or_path
+
+
+@dataclass
+class Classifier:
+    """A Qwen classifier with LoRA on its trainable blocks, ready to train or predict."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    layers: list[int]
+    """Trainable block indices."""
+    device: torch.device
+
+    @property
+    def first(self) -> int:
+        """Lowest trainable block: blocks below it are the frozen prefix."""
+        return min(self.layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.model.config.pad_token_id
+
+
+def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
+                     device: str = "auto", tokenizer: PreTrainedTokenizerBase | None = None) -> Classifier:
+    """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks."""
+    path = resolve_model_path(model_cfg.name_or_path)
+    tok = tokenizer or load_tokenizer(path)
+    dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
+    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=dtype)
+    layers = model_cfg.layer_indices(model.config.num_hidden_layers)
+    dev = resolve_device(device)
+    peft_model = add_adapters(model, lora, layers).to(dev)
+    return Classifier(peft_model, tok, layers, dev)
+
+
+def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> TrainResult:
+    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``."""
+    if cfg.prefix_mode == "cache":
+        from toptune.cache import fit_cached
+
+        return fit_cached(clf, data, cfg)
+    logits_fn = live_logits(clf.model, clf.first, cfg.prefix_mode)
+    train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
+    val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device)
+    return train(clf.model, train_b, len(data["train"]), logits_fn, cfg, clf.device, lambda: val_b(0))
+
+
+def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
+    """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here)."""
+    batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)(0)
+    return run_eval(clf.model, batches, live_logits(clf.model, clf.first, "no_grad"), clf.device)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities of (N, C) logits."""
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def describe(clf: Classifier) -> dict[str, int | str]:
+    """Flat facts about the model for logging: block split and parameter counts."""
+    return {"num_layers": clf.num_layers, "first_trainable_layer": clf.first,
+            "trainable_layers": ",".join(map(str, clf.layers)), **param_counts(clf.model)}
