@@ -52,6 +52,18 @@ def check_columns(columns: list[str], cfg: DataConfig, need_label: bool = True) 
         raise DataValidationError(f"data.label_column='{cfg.label_column}': the table has no such column (columns: {have})")
 
 
+def to_frame(table) -> pd.DataFrame:
+    """A pandas DataFrame from what a catalog dataset loaded: a DataFrame, a Hugging Face ``Dataset``,
+    or a ``DatasetDict`` (its splits concatenated, in order)."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    if hasattr(table, "to_pandas"):
+        return table.to_pandas()
+    if hasattr(table, "values") and all(hasattr(v, "to_pandas") for v in table.values()):
+        return pd.concat([v.to_pandas() for v in table.values()], ignore_index=True)
+    raise DataValidationError(f"raw_data loaded a {type(table).__name__}; expected a table (pandas or Hugging Face dataset)")
+
+
 def _is_blank(v: object) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()) or v is pd.NA
 

@@ -9,6 +9,7 @@ for a real checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
-from toptune.tokenizer import ENDOFTEXT_ID, ensure_qwen_tokenizer
+from toptune.tokenizer import ENDOFTEXT_ID, TOKENIZER_FILES, ensure_qwen_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
 QWEN3_VOCAB_SIZE = 151936
@@ -82,8 +83,9 @@ def tiny_qwen_config(spec: TinyQwenSpec):
     raise ValueError(f"model_type={spec.model_type!r}: expected one of {SUPPORTED_MODEL_TYPES}")
 
 
-def write_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec()) -> Path:
-    """Write a seeded random Qwen causal-LM checkpoint plus the offline Qwen tokenizer to ``out_dir``."""
+def write_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec(), tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a seeded random Qwen causal-LM checkpoint plus the offline Qwen tokenizer to ``out_dir``
+    (copied from ``tokenizer_dir`` when given, else built)."""
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
@@ -92,6 +94,9 @@ def write_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec()) ->
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, spec.embedding_std)
     model.save_pretrained(out_dir)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(Path(tokenizer_dir) / name, out_dir / name)
     ensure_qwen_tokenizer(out_dir)
     (out_dir / "toptune_spec.json").write_text(json.dumps(spec.__dict__, indent=1))
     return out_dir

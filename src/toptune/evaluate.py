@@ -1,0 +1,81 @@
+"""Test metrics (scikit-learn) and the run's plots (matplotlib): confusion matrix, loss/accuracy curves."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are written to files, never shown
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from toptune.train import TrainResult
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> dict:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support, keyed ready for ``metrics.json``."""
+    pred = logits.argmax(-1)
+    ids = sorted(id2label)
+    names = [id2label[i] for i in ids]
+    report = classification_report(labels, pred, labels=ids, target_names=names, output_dict=True, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
+        "n_examples": int(len(labels)),
+        "per_class": {n: {k: float(report[n][k]) for k in ("precision", "recall", "f1-score", "support")} for n in names},
+    }
+
+
+def flat_metrics(metrics: dict, prefix: str = "test") -> dict[str, float]:
+    """``{"test_accuracy": …, "test_f1_<class>": …}``: a flat dict ready to log."""
+    flat = {f"{prefix}_accuracy": metrics["accuracy"], f"{prefix}_macro_f1": metrics["macro_f1"]}
+    for name, m in metrics["per_class"].items():
+        for k, short in (("precision", "precision"), ("recall", "recall"), ("f1-score", "f1")):
+            flat[f"{prefix}_{short}_{name}"] = m[k]
+    return flat
+
+
+def report_text(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> str:
+    """scikit-learn's text classification report."""
+    ids = sorted(id2label)
+    return classification_report(labels, logits.argmax(-1), labels=ids, target_names=[id2label[i] for i in ids],
+                                 digits=4, zero_division=0)
+
+
+def confusion_figure(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> Figure:
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    ids = sorted(id2label)
+    cm = confusion_matrix(labels, logits.argmax(-1), labels=ids)
+    fig, ax = plt.subplots(figsize=(1.2 * len(ids) + 2.5, 1.2 * len(ids) + 2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(ids)), [id2label[i] for i in ids], rotation=30, ha="right")
+    ax.set_yticks(range(len(ids)), [id2label[i] for i in ids])
+    for (r, c), v in np.ndenumerate(cm):
+        ax.text(c, r, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix (n={cm.sum()})")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(result: TrainResult) -> Figure:
+    """Training loss by step, validation loss and accuracy by epoch."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if result.steps:
+        ax_loss.plot([s["step"] for s in result.steps], [s["loss"] for s in result.steps], label="train loss (by step)")
+    steps_per_epoch = max((s["step"] for s in result.steps), default=0) / max(len(result.epochs), 1)
+    ends = [(e["epoch"] + 1) * steps_per_epoch for e in result.epochs]
+    if result.epochs and "val_loss" in result.epochs[0]:
+        ax_loss.plot(ends, [e["val_loss"] for e in result.epochs], "o-", label="val loss (by epoch)")
+        ax_acc.plot([e["epoch"] + 1 for e in result.epochs], [e["val_accuracy"] for e in result.epochs], "o-", label="val accuracy")
+    ax_loss.set_xlabel("optimiser step")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,60 @@
+"""Project hooks: MLflow tags on every run, and the training run's id for later pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+
+TRAINING_RUN_FILE = Path("data/06_models/training_run.json")
+"""Where the training pipeline records its MLflow run id (export logs its model to that run)."""
+
+
+def git_commit() -> str:
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(pipeline_name: str | None) -> dict[str, str]:
+    """Tags of a run: pipeline, git commit, library versions, device."""
+    import peft
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"pipeline": pipeline_name or "__default__", "git_commit": git_commit(), "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__, "peft_version": peft.__version__, "device": device}
+
+
+class ToptuneHooks:
+    """Tags the active MLflow run (opened by kedro-mlflow) and remembers the training run."""
+
+    def __init__(self) -> None:
+        self._pipeline_name: str | None = None
+        self._tagged = False
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict) -> None:
+        self._pipeline_name = run_params.get("pipeline_name")
+        self._tagged = False
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        # kedro-mlflow opens its run in its own before_pipeline_run; by the first node it is active.
+        if not self._tagged and mlflow.active_run() is not None:
+            mlflow.set_tags(run_tags(self._pipeline_name))
+            self._tagged = True
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        if node.name == "train_model" and mlflow.active_run() is not None:
+            TRAINING_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+            TRAINING_RUN_FILE.write_text(json.dumps({"run_id": mlflow.active_run().info.run_id}))

@@ -1,0 +1,1 @@
+"""Thin Kedro pipelines over the ``toptune`` library (one directory per pipeline)."""

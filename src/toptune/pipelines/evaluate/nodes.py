@@ -1,0 +1,31 @@
+"""Nodes of the ``evaluate`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from toptune.config import TrainingConfig, from_dict
+from toptune.data import Encoded
+from toptune.evaluate import classification_metrics, confusion_figure, flat_metrics, report_text
+from toptune.pipelines.utils import id2label_from_json, metric_items
+from toptune.recipe import Classifier, predict, softmax
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(classifier: Classifier, tokenised: dict[str, Encoded], label_map: dict[str, str],
+             training_params: dict) -> tuple[dict, dict, str, pd.DataFrame, object]:
+    """Metrics on the test split: metrics.json, flat MLflow metrics, text report, predictions, confusion PNG."""
+    training = from_dict(TrainingConfig, training_params, "training")
+    id2label, test = id2label_from_json(label_map), tokenised["test"]
+    ev = predict(classifier, test, training.eval_batch_size)
+    metrics = classification_metrics(ev.logits, ev.labels, id2label)
+    log.info("test accuracy %.4f, macro-F1 %.4f on %d examples", metrics["accuracy"], metrics["macro_f1"], len(test))
+    probs = softmax(ev.logits)
+    preds = pd.DataFrame({"id": test.ids, "label": [id2label[i] for i in ev.labels],
+                          "predicted": [id2label[i] for i in probs.argmax(-1)],
+                          **{f"prob_{id2label[c]}": probs[:, c] for c in sorted(id2label)}})
+    return (metrics, metric_items(flat_metrics(metrics)), report_text(ev.logits, ev.labels, id2label), preds,
+            confusion_figure(ev.logits, ev.labels, id2label))

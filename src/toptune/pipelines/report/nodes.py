@@ -1,0 +1,12 @@
+"""Nodes of the ``report`` pipeline."""
+
+from __future__ import annotations
+
+from toptune.evaluate import curves_figure
+from toptune.train import TrainResult
+
+
+def plot_curves(train_summary: dict) -> object:
+    """Loss by step, validation loss/accuracy by epoch, from the training summary."""
+    return curves_figure(TrainResult(steps=train_summary["steps"], epochs=train_summary["epochs"],
+                                     train_seconds=train_summary["train_seconds"]))

@@ -1,0 +1,34 @@
+"""Nodes of the ``train`` pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from toptune.config import RunConfig
+from toptune.data import Encoded
+from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
+from toptune.recipe import Classifier, build_classifier, describe, fit
+from toptune.train import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict, lora_params: dict,
+                training_params: dict) -> tuple[Classifier, object, dict, dict]:
+    """Train; returns the classifier (in memory), its PEFT model (saved as the adapter), the metric
+    histories for MLflow and the run summary (history + model facts) for the report."""
+    cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
+    seed_everything(cfg.training.seed)
+    clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
+    facts = describe(clf)
+    log.info("model: %s; prefix_mode=%s on %s", facts, cfg.training.prefix_mode, clf.device)
+    result = fit(clf, tokenised, cfg.training)
+    metrics = {
+        **metric_series(result.steps, "step", ["loss", "lr"], prefix="train_"),
+        **metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy", "train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"),
+        **metric_items({k: v for k, v in facts.items() if isinstance(v, int)}),
+        **metric_items({"train_seconds": result.train_seconds}),
+    }
+    summary = {"model": facts, "device": str(clf.device), **dataclasses.asdict(result)}
+    return clf, clf.model, metrics, summary

@@ -1,0 +1,10 @@
+from kedro.pipeline import Node, Pipeline
+
+from toptune.pipelines.train.nodes import train_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([
+        Node(train_model, ["tokenised", "label_map", "params:model", "params:lora", "params:training"],
+             ["classifier", "adapter", "train_metrics", "train_summary"], name="train_model"),
+    ])
