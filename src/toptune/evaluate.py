@@ -28,12 +28,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, id2label: dic
     }
 
 
-def flat_metrics(metrics: dict, prefix: str = "test") -> dict[str, float]:
-    """``{"test_accuracy": …, "test_f1_<class>": …}``: a flat dict ready to log."""
-    flat = {f"{prefix}_accuracy": metrics["accuracy"], f"{prefix}_macro_f1": metrics["macro_f1"]}
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """``{"accuracy": …, "macro_f1": …, "f1_<class>": …}``: a flat dict ready to log."""
+    flat = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
     for name, m in metrics["per_class"].items():
         for k, short in (("precision", "precision"), ("recall", "recall"), ("f1-score", "f1")):
-            flat[f"{prefix}_{short}_{name}"] = m[k]
+            flat[f"{short}_{name}"] = m[k]
     return flat
 
 

@@ -15,20 +15,22 @@ log = logging.getLogger(__name__)
 
 
 def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict, lora_params: dict,
-                training_params: dict) -> tuple[Classifier, object, dict, dict]:
-    """Train; returns the classifier (in memory), its PEFT model (saved as the adapter), the metric
-    histories for MLflow and the run summary (history + model facts) for the report."""
+                training_params: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
+    """Train; returns the classifier (in memory), its PEFT model (saved as the adapter), MLflow metric
+    histories (training by step/epoch, validation by epoch, model facts) and the run summary."""
     cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
     log.info("model: %s; prefix_mode=%s on %s", facts, cfg.training.prefix_mode, clf.device)
     result = fit(clf, tokenised, cfg.training)
-    metrics = {
-        **metric_series(result.steps, "step", ["loss", "lr"], prefix="train_"),
-        **metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy", "train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"),
-        **metric_items({k: v for k, v in facts.items() if isinstance(v, int)}),
-        **metric_items({"train_seconds": result.train_seconds}),
+    train_history = {
+        **metric_series(result.steps, "step", ["loss", "lr"]),
+        **metric_series(result.epochs, "epoch", ["train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"),
+        **metric_items({"seconds": result.train_seconds}),
     }
+    val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy"])
+    val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
+    model_facts = metric_items({k: v for k, v in facts.items() if isinstance(v, int)})
     summary = {"model": facts, "device": str(clf.device), **dataclasses.asdict(result)}
-    return clf, clf.model, metrics, summary
+    return clf, clf.model, train_history, val_history, model_facts, summary

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real offline Qwen tokenizer and tiny seeded Qwen2 / Qwen3 checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from toptune.model import TinyQwenSpec, write_tiny_qwen  # noqa: E402
+from toptune.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
+
+SMALL = dict(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    return build_qwen_tokenizer(tmp_path_factory.mktemp("qwen-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory, tokenizer_dir):
+    return write_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen3"), TinyQwenSpec(model_type="qwen3", **SMALL), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory, tokenizer_dir):
+    return write_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2"), TinyQwenSpec(model_type="qwen2", **SMALL), tokenizer_dir)
+
+
+@pytest.fixture(scope="session", params=["qwen3", "qwen2"])
+def tiny_checkpoint(request, tiny_qwen3, tiny_qwen2):
+    """Each test using it runs on a tiny Qwen3 and a tiny Qwen2 checkpoint."""
+    return {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[request.param]

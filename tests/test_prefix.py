@@ -1,0 +1,145 @@
+"""The no_grad prefix path equals the stock PEFT forward, and keeps the prefix out of the graph.
+
+Run on a tiny Qwen3 and a tiny Qwen2 (4 blocks), with K=1, a middle split (K=2) and K=L (no prefix).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from toptune.config import LoraSettings, TrainingConfig
+from toptune.data import Encoded, collate, encode
+from toptune.model import backbone, decoder_layers
+from toptune.prefix import forward_logits
+from toptune.recipe import build_classifier, fit
+from toptune.config import ModelConfig
+
+TEXTS = [
+    "The battery is not great, but the screen is excellent.",
+    "Short one.",
+    "The lid is flimsy and the base is not solid, sadly.",
+    "한국어 리뷰: 배터리가 좋지 않아요.",
+    "Works.",
+    "The motor is quiet and the jar is sturdy and the blade is fast and sharp.",
+]
+ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
+SPLITS = [1, 2, 4]  # K: top block only, middle split, every block (no prefix)
+
+
+def classifier(path, k: int, seed: int = 0):
+    clf = build_classifier(ModelConfig(name_or_path=str(path), trainable_layers=k), LoraSettings(r=4, alpha=8),
+                           ID2LABEL, seed=seed, device="cpu")
+    # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in clf.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return clf
+
+
+def batch(tokenizer, side: str) -> dict[str, torch.Tensor]:
+    enc = encode(TEXTS, tokenizer, max_length=64, labels=[i % 3 for i in range(len(TEXTS))])
+    b = collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
+    if side == "left":
+        # Move each row's padding to the front (the stock classifier pools at the rightmost non-pad token).
+        for row in range(len(TEXTS)):
+            n = int(b["attention_mask"][row].sum())
+            b["input_ids"][row] = torch.roll(b["input_ids"][row], b["input_ids"].shape[1] - n)
+            b["attention_mask"][row] = torch.roll(b["attention_mask"][row], b["input_ids"].shape[1] - n)
+    return b
+
+
+@pytest.mark.parametrize("k", SPLITS)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_logits_equal_stock_forward(tiny_checkpoint, tokenizer, k, side):
+    clf = classifier(tiny_checkpoint, k)
+    clf.model.eval()
+    b = batch(tokenizer, side)
+    with torch.no_grad():
+        stock = clf.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    ours = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first, "no_grad")
+    assert stock.shape == ours.shape == (len(TEXTS), 3)
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k", SPLITS)
+def test_gradients_equal_stock_backward(tiny_checkpoint, tokenizer, k):
+    clf = classifier(tiny_checkpoint, k)
+    b = batch(tokenizer, "right")
+    grads = {}
+    for mode in ("autograd", "no_grad"):
+        clf.model.zero_grad(set_to_none=True)
+        logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first, mode)
+        torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+        grads[mode] = {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
+    assert grads["no_grad"].keys() == grads["autograd"].keys()
+    assert any("score" in n for n in grads["no_grad"]) and any("lora_A" in n for n in grads["no_grad"])
+    for name, g in grads["autograd"].items():
+        torch.testing.assert_close(grads["no_grad"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def saved_bytes_by_block(model, run) -> dict[int, int]:
+    """Bytes that autograd saves for backward while each decoder block runs (``saved_tensors_hooks``)."""
+    layers, current, saved = decoder_layers(model), [None], {}
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(lambda m, a, i=i: current.__setitem__(0, i)))
+        handles.append(layer.register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))
+
+    def pack(t):
+        if current[0] is not None:
+            saved[current[0]] = saved.get(current[0], 0) + t.numel() * t.element_size()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return saved
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_prefix_saves_nothing_even_with_input_grads(tiny_checkpoint, tokenizer, k):
+    clf = classifier(tiny_checkpoint, k)
+    clf.model.enable_input_require_grads()  # what gradient checkpointing switches on
+    b = batch(tokenizer, "right")
+    prefix = range(clf.first)
+
+    def step(mode):
+        return lambda: forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first, mode).sum().backward()
+
+    stock = saved_bytes_by_block(clf.model, step("autograd"))
+    ours = saved_bytes_by_block(clf.model, step("no_grad"))
+    assert all(stock.get(i, 0) > 0 for i in prefix), f"stock path shows no prefix bytes: {stock}"
+    assert all(ours.get(i, 0) == 0 for i in prefix), f"no_grad prefix saved bytes: {ours}"
+    top = range(clf.first, len(decoder_layers(clf.model)))
+    assert all(ours.get(i, 0) > 0 for i in top), "trainable blocks must still save activations"
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "autograd"])
+def test_frozen_parameters_unchanged_by_training(tiny_qwen3, tokenizer, mode):
+    clf = classifier(tiny_qwen3, 2)
+    frozen = {n: p.detach().clone() for n, p in clf.model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
+    enc = encode(TEXTS * 4, tokenizer, 64, labels=[i % 3 for i in range(len(TEXTS) * 4)])
+    data = {"train": enc, "val": enc}
+    cfg = TrainingConfig(prefix_mode=mode, epochs=1, batch_size=8, lr=1e-2, progress=False)
+    result = fit(clf, data, cfg)
+    assert len(result.epochs) == 1 and result.steps
+    for n, p in clf.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    assert any(not torch.equal(p, trainable[n]) for n, p in clf.model.named_parameters() if n in trainable)
+
+
+def test_only_top_blocks_and_head_train(tiny_qwen3):
+    clf = classifier(tiny_qwen3, 1)
+    names = [n for n, p in clf.model.named_parameters() if p.requires_grad]
+    assert names and all(("layers.3." in n and "lora_" in n) or "score" in n for n in names), names
+    assert backbone(clf.model).config.pad_token_id == 151643
