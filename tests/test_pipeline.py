@@ -69,6 +69,17 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     assert plots == {"plots/confusion_matrix.png", "plots/training_curves.png"}
     assert json.loads((project / "data/06_models/training_run.json").read_text())["run_id"] == r.info.run_id
 
+    # `inspect` on the same model, data and parameters: its own MLflow run, the report and its PNGs.
+    run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3), "inspect.modes": ["lora_all", "topk_no_grad"]}, "inspect")
+    report = json.loads((project / "data/08_reporting/memory_report.json").read_text())
+    assert report["seed_table"]["C"]["nodes"] and set(report["modes"]) == {"lora_all", "topk_no_grad"}
+    assert report["modes"]["topk_no_grad"]["saved_bytes_by_block"]["layer.0"] == 0
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    inspect_run = next(x for x in runs if x.data.tags.get("pipeline") == "inspect")
+    assert "inspect.topk_no_grad.saved_bytes" in inspect_run.data.metrics
+    assert {a.path for a in client.list_artifacts(inspect_run.info.run_id, "inspect")} == {
+        "inspect/memory_report.json", "inspect/memory_by_block.png", "inspect/model_blocks.png"}
+
 
 def test_local_parameters_override_only_their_keys(project):
     (project / "conf/local/parameters.yml").write_text(

@@ -43,7 +43,8 @@ class ToptuneHooks:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict) -> None:
-        self._pipeline_name = run_params.get("pipeline_name")
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        self._pipeline_name = "+".join(names)
         self._tagged = False
 
     @hook_impl
