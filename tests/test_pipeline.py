@@ -80,6 +80,14 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     assert {a.path for a in client.list_artifacts(inspect_run.info.run_id, "inspect")} == {
         "inspect/memory_report.json", "inspect/memory_by_block.png", "inspect/model_blocks.png"}
 
+    # export then predict, as a user would after training.
+    for name in ("export", "predict"):
+        run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3)}, name)
+    preds = pd.read_csv(project / "data/07_model_output/predictions.csv")
+    assert len(preds) == len(pd.read_csv(project / "data/01_raw/reviews.csv"))
+    assert {"id", "label", "prob_negative", "prob_neutral", "prob_positive"} <= set(preds.columns)
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(r.info.run_id, "model")}
+
 
 def test_local_parameters_override_only_their_keys(project):
     (project / "conf/local/parameters.yml").write_text(

@@ -1,0 +1,5 @@
+"""``predict``: classify the ``predict_input`` table with the merged checkpoint."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

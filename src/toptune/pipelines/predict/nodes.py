@@ -1,0 +1,27 @@
+"""Nodes of the ``predict`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from toptune.config import from_dict
+from toptune.export import PredictConfig, load_predictor, prepare_rows
+from toptune.pipelines.utils import metric_items
+
+log = logging.getLogger(__name__)
+
+
+def predict(predict_input, merged_model: str, predict_params: dict) -> tuple[pd.DataFrame, dict]:
+    """Serialise each row with the model's template, classify in batches; bad rows per ``predict.bad_rows``."""
+    cfg = from_dict(PredictConfig, predict_params, "predict")
+    predictor = load_predictor(merged_model, cfg.device)
+    rows = prepare_rows(predict_input, predictor.serving, cfg.bad_rows)
+    dropped = {k: v for k, v in rows.counts.items() if k.startswith("dropped_") and v}
+    if dropped:
+        log.warning("predict: skipped %d of %d rows (%s; predict.bad_rows=drop)", sum(dropped.values()),
+                    rows.counts["rows_in"], ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in dropped.items()))
+    predictions = predictor.predict(rows, cfg.batch_size, progress=cfg.progress)
+    log.info("predict: %d rows in (texts from the %s) → %d predictions", rows.counts["rows_in"], rows.source, len(predictions))
+    return predictions, metric_items(rows.counts)

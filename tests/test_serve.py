@@ -1,0 +1,93 @@
+"""REST: the real ``mlflow models serve --env-manager local`` answers a JSON request on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_export import log_to_training_run, make_export, raw_rows
+
+from toptune.export import load_predictor, prepare_rows
+
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no answer on {url}/ping within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
+    exported = make_export(tmp_path, tiny_qwen3)
+    info = log_to_training_run(tmp_path, exported["merged"], monkeypatch)
+    rows = raw_rows(2)  # id, product, channel, review and the label column `sentiment` (ignored)
+    predictor = load_predictor(exported["merged"], device="cpu")
+    expected = predictor.predict(prepare_rows(rows, predictor.serving))["label"].tolist()
+
+    bin_dir = Path(sys.executable).parent
+    port, log = free_port(), tmp_path / "serve.log"
+    # The server runs `uvicorn` from PATH: put this environment's scripts first.
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", info["model_uri"], "--env-manager", "local",
+           "-p", str(port), "-h", "127.0.0.1"]
+    with open(log, "w") as out:
+        # Own process group: the CLI execs uvicorn in a child; stopping the group stops both.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc, log)
+        status, body = post(url + "/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
+        assert status == 200, body
+        preds = body["predictions"]
+        assert [p["id"] for p in preds] == ["r00000", "r00001"]
+        assert [p["label"] for p in preds] == expected
+        assert all(abs(sum(v for k, v in p.items() if k.startswith("prob_")) - 1) < 1e-4 for p in preds)
+        # A bad row is the client's fault: 400 naming the row and column (default export.bad_rows=error).
+        bad = rows.assign(review=["", "Fine."])
+        status, body = post(url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False))})
+        assert status == 400 and "column 'review': empty text" in body.get("message", ""), body
+        status, body = post(url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False)),
+                                                    "params": {"bad_rows": "drop"}})
+        assert status == 200 and [p["id"] for p in body["predictions"]] == ["r00001"], body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
