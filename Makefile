@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m toptune.bench
+	$(PY) -m toptune.cli.bench
 
 data:
 	$(PYTHON) scripts/make_reviews.py

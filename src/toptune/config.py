@@ -83,8 +83,8 @@ class ModelConfig:
     """K (train the top K blocks) or an explicit list of block indices. Blocks below the lowest
     trainable one form the frozen prefix."""
     dtype: str = "auto"
-    """Weights' dtype: ``auto`` (float32 on CPU; bfloat16 weights stay float32 and train under
-    bf16 autocast on CUDA), ``float32`` or ``bfloat16``."""
+    """Weights' dtype: ``auto`` (float32 weights; on CUDA the forward runs under bf16 autocast),
+    ``float32`` or ``bfloat16``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name_or_path), "model.name_or_path must be set")
@@ -161,6 +161,15 @@ class TrainingConfig:
     """Optimiser steps between logged training-loss points."""
     progress: bool = True
     """Show progress bars."""
+    cache_dir: str = "data/04_feature/prefix_cache"
+    """``prefix_mode: cache``: where the prefix's hidden states are stored (one fingerprinted cache;
+    reused while model, block split, tokenizer, max_length, dtype and data are unchanged, else rebuilt)."""
+    cache_dtype: str = "auto"
+    """``prefix_mode: cache``: dtype of the stored hidden states: ``auto`` (the model weights' dtype,
+    exact), ``float32`` or ``bfloat16`` (half the disk and memory, rounded)."""
+    bucket_by_length: bool = True
+    """``prefix_mode: cache``: batch examples of similar length (less padding), in a seeded random
+    batch order; false = the live modes' batches exactly."""
 
     def __post_init__(self) -> None:
         from toptune.prefix import PREFIX_MODES
@@ -172,6 +181,10 @@ class TrainingConfig:
         _check(0 <= self.warmup_ratio < 1, f"training.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         _check(self.max_grad_norm >= 0, f"training.max_grad_norm={self.max_grad_norm} must be >= 0")
         _check(self.device in ("auto", "cpu", "cuda"), f"training.device={self.device!r} must be auto, cpu or cuda")
+        _check(bool(self.cache_dir), "training.cache_dir must be a directory path")
+        _check(self.cache_dtype in ("auto", "float32", "bfloat16"),
+               f"training.cache_dtype={self.cache_dtype!r} must be auto, float32 or bfloat16")
+        _check(isinstance(self.bucket_by_length, bool), f"training.bucket_by_length={self.bucket_by_length!r} must be true or false")
 
 
 @dataclass

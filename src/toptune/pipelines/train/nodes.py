@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict, lora_params: dict,
-                training_params: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
+                training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
     """Train; returns the classifier (in memory), its PEFT model (saved as the adapter), MLflow metric
-    histories (training by step/epoch, validation by epoch, model facts) and the run summary."""
+    histories (training by step/epoch, validation by epoch, model facts) and the run summary.
+    ``prefix_cache`` (the cache node's summary) only orders this node after the cache build, whose
+    fingerprinted cache ``fit`` then reuses in ``cache`` mode."""
     cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)

@@ -1,0 +1,34 @@
+"""Nodes of the ``cache`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+from toptune.cache import human_bytes, prepare_cache
+from toptune.config import RunConfig
+from toptune.data import Encoded
+from toptune.pipelines.utils import id2label_from_json, metric_items
+from toptune.recipe import build_classifier
+from toptune.train import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict,
+                       lora_params: dict, training_params: dict) -> tuple[dict, dict]:
+    """Build the prefix cache at ``training.cache_dir`` (or reuse it when its fingerprint matches);
+    returns its summary (path, status, bytes, build seconds, fingerprint) and metrics. A no-op
+    unless ``training.prefix_mode`` is ``cache``."""
+    cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
+    if cfg.training.prefix_mode != "cache":
+        return {"status": "skipped", "prefix_mode": cfg.training.prefix_mode}, {}
+    seed_everything(cfg.training.seed)
+    clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
+    cache = prepare_cache(clf, tokenised, cfg.training)
+    summary = cache.summary()
+    log.info("prefix cache %s at %s: %s on disk%s", cache.status, cache.path, human_bytes(cache.bytes),
+             f", built in {cache.build_seconds:.1f} s" if cache.build_seconds is not None else " (fingerprint matches)")
+    metrics = {"bytes": cache.bytes, "reused": int(cache.status == "reused")}
+    if cache.build_seconds is not None:
+        metrics["build_seconds"] = cache.build_seconds
+    return summary, metric_items(metrics)

@@ -1,0 +1,289 @@
+"""The prefix cache: fingerprint, corruption detection, reuse, and equivalence with the no_grad path.
+
+Tiny checkpoints (4 blocks, hidden 64) and 60 rows of the bundled table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from toptune.cache import (CacheInvalid, bucketed_indices, fingerprint, fit_cached, load_cache, padding_fraction,
+                           predict_cached, prepare_cache)
+from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
+from toptune.data import Encoded, batch_indices, collate, encode, prepare_table
+from toptune.model import backbone
+from toptune.prefix import pool_index, run_prefix, run_suffix
+from toptune.recipe import build_classifier, fit, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
+FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer) -> dict[str, Encoded]:
+    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig()).table
+    label2id = {v: k for k, v in ID2LABEL.items()}
+    enc = encode(table["text"].tolist(), tokenizer, 64, [label2id[x] for x in table["label"]], table["id"].tolist())
+
+    def part(a, b):
+        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
+
+    return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
+
+
+def classifier(path, k: int = 2, seed: int = 0):
+    clf = build_classifier(ModelConfig(name_or_path=str(path), trainable_layers=k), LoraSettings(r=4, alpha=8),
+                           ID2LABEL, seed=seed, device="cpu")
+    # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in clf.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return clf
+
+
+def config(tmp_path, **kw) -> TrainingConfig:
+    return TrainingConfig(**{"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
+                             "cache_dir": str(tmp_path / "cache"), "progress": False, "log_every": 1, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fingerprint, reuse, corruption
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_build_then_reuse(tiny_qwen3, data, tmp_path):
+    clf, cfg = classifier(tiny_qwen3), config(tmp_path)
+    built = prepare_cache(clf, data, cfg)
+    assert built.status == "built" and built.bytes > 0 and built.build_seconds is not None
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+    assert {s["examples"] for s in manifest["splits"].values()} == {36, 12}
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    again = prepare_cache(classifier(tiny_qwen3), data, cfg)  # a fresh load of the same model
+    assert again.status == "reused"
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}, "a reuse rewrote files"
+    for name in data:
+        assert torch.equal(again.hidden[name], built.hidden[name])
+        np.testing.assert_array_equal(again.lengths[name], data[name].lengths())
+    # Stored rows are the live prefix's hidden states of each example, unpadded.
+    enc = data["val"]
+    b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
+    live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
+    rows = live[b["attention_mask"].bool()]
+    torch.testing.assert_close(again.hidden["val"], rows, atol=1e-5, rtol=0)
+
+
+def variants(clf, data, cfg, tiny_qwen3, tokenizer):
+    """One (clf, data, cfg) per fingerprint field, each differing from the base in that field only."""
+    heavier = classifier(tiny_qwen3)
+    with torch.no_grad():
+        backbone(heavier.model).layers[0].mlp.down_proj.weight.add_(1e-3)
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<toptune-new-token>"])
+    changed = copy.deepcopy(data)
+    changed["train"].input_ids[3] = [changed["train"].input_ids[3][0] + 1] + changed["train"].input_ids[3][1:]
+    return {
+        "model_weights": (heavier, data, cfg),
+        "first_trainable_block": (classifier(tiny_qwen3, k=3), data, cfg),
+        "tokenizer": (dataclasses.replace(clf, tokenizer=tok), data, cfg),
+        "max_length": (clf, data, dataclasses.replace(cfg, max_length=32)),
+        "dtype": (clf, data, dataclasses.replace(cfg, cache_dtype="bfloat16")),
+        "data": (clf, changed, cfg),
+    }
+
+
+def test_each_fingerprint_field_invalidates(tiny_qwen3, tokenizer, data, tmp_path):
+    clf, cfg = classifier(tiny_qwen3), config(tmp_path)
+    base = prepare_cache(clf, data, cfg)
+    assert set(FIELDS) <= set(base.fingerprint)
+    for field, (c, d, k) in variants(clf, data, cfg, tiny_qwen3, tokenizer).items():
+        fp = fingerprint(c, d, k)
+        assert fp[field] != base.fingerprint[field], field
+        with pytest.raises(CacheInvalid, match=rf"stale: .*{field} changed"):
+            load_cache(cfg.cache_dir, fp)
+        rebuilt = prepare_cache(c, d, k)
+        assert rebuilt.status == "built" and field in rebuilt.reason, (field, rebuilt.reason)
+        assert prepare_cache(c, d, k).status == "reused"
+        assert prepare_cache(clf, data, cfg).status == "built"  # back to the base for the next field
+
+
+def corrupt(path: Path, kind: str) -> str:
+    """Damage the cache at ``path``; returns a pattern of the message that must name the damage."""
+    shard = sorted(path.glob("train-*.safetensors"))[0]
+    if kind == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+        return "truncated"
+    if kind == "bit_flip":
+        raw = bytearray(shard.read_bytes())
+        raw[-7] ^= 0x01  # inside the hidden states: same size, wrong values
+        shard.write_bytes(bytes(raw))
+        return "checksum"
+    if kind == "missing_shard":
+        shard.unlink()
+        return "missing"
+    if kind == "garbled_manifest":
+        (path / "manifest.json").write_text('{"format": 1, "fingerp')
+        return "unreadable"
+    if kind == "no_manifest":  # an interrupted build
+        (path / "manifest.json").unlink()
+        return "incomplete"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bit_flip", "missing_shard", "garbled_manifest", "no_manifest"])
+def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, caplog):
+    clf, cfg = classifier(tiny_qwen3), config(tmp_path)
+    good = prepare_cache(clf, data, cfg)
+    pattern = corrupt(Path(cfg.cache_dir), kind)
+    with pytest.raises(CacheInvalid, match=pattern):
+        load_cache(cfg.cache_dir, good.fingerprint)
+    with caplog.at_level("WARNING", logger="toptune.cache"):
+        rebuilt = prepare_cache(clf, data, cfg)
+    assert rebuilt.status == "built" and pattern in rebuilt.reason
+    assert any("rebuilding" in r.getMessage() for r in caplog.records)
+    assert load_cache(cfg.cache_dir, good.fingerprint).status == "reused"
+    for name in data:
+        assert torch.equal(rebuilt.hidden[name], good.hidden[name])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Equivalence with the no_grad path
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_cached_logits_equal_no_grad(tiny_checkpoint, data, tmp_path, k):
+    clf = classifier(tiny_checkpoint, k)
+    cache = prepare_cache(clf, data, config(tmp_path))
+    for split in ("val", "test", "train"):
+        live = predict(clf, data[split], 16)
+        cached = predict_cached(clf, cache, split, data[split], 16)  # length-bucketed, order restored
+        np.testing.assert_array_equal(cached.labels, live.labels)
+        np.testing.assert_allclose(cached.logits, live.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_training_losses_equal_no_grad(tiny_checkpoint, data, tmp_path, k):
+    cfg = config(tmp_path, epochs=2, bucket_by_length=False)  # the live modes' batches, same order
+    live_clf, cached_clf = classifier(tiny_checkpoint, k), classifier(tiny_checkpoint, k)
+    live = fit(live_clf, data, dataclasses.replace(cfg, prefix_mode="no_grad"))
+    cached = fit(cached_clf, data, cfg)
+    assert len(live.steps) == len(cached.steps) == 2 * 5  # 36 examples / batch 8, log_every=1
+    np.testing.assert_allclose([s["loss"] for s in cached.steps], [s["loss"] for s in live.steps], rtol=1e-5, atol=0)
+    np.testing.assert_allclose([e["val_loss"] for e in cached.epochs], [e["val_loss"] for e in live.epochs], rtol=1e-5)
+    trained = dict(cached_clf.model.named_parameters())
+    for name, p in live_clf.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(trained[name], p, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bucketed_training_learns_and_restores_the_model(tiny_qwen3, data, tmp_path):
+    clf = classifier(tiny_qwen3)
+    frozen = {n: p.detach().clone() for n, p in clf.model.named_parameters() if not p.requires_grad}
+    result = fit_cached(clf, data, config(tmp_path, epochs=2))
+    assert len(result.epochs) == 2 and all(np.isfinite(s["loss"]) for s in result.steps)
+    for n, p in clf.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    assert predict(clf, data["test"], 16).logits.shape == (12, 3)  # the live path still works after
+
+
+def test_bfloat16_cache_is_half_the_size_and_close(tiny_qwen3, data, tmp_path):
+    clf = classifier(tiny_qwen3)
+    full = prepare_cache(clf, data, config(tmp_path))
+    half = prepare_cache(clf, data, config(tmp_path / "bf16", cache_dtype="bfloat16"))
+    assert half.hidden["train"].dtype == torch.bfloat16 and half.fingerprint["dtype"] == "bfloat16"
+    assert half.bytes < 0.6 * full.bytes
+    a = predict_cached(clf, full, "val", data["val"], 16).logits
+    b = predict_cached(clf, half, "val", data["val"], 16).logits
+    np.testing.assert_allclose(b, a, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fast suffix (prefix.py): pooled last block, fused blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fast_suffix_equals_stock_blocks(tiny_checkpoint, data, side, k):
+    clf = classifier(tiny_checkpoint, k)
+    enc = data["train"]
+    b = collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id)
+    if side == "left":
+        for row in range(8):
+            n = int(b["attention_mask"][row].sum())
+            b["input_ids"][row] = torch.roll(b["input_ids"][row], b["input_ids"].shape[1] - n)
+            b["attention_mask"][row] = torch.roll(b["attention_mask"][row], b["input_ids"].shape[1] - n)
+    pooled = pool_index(b["input_ids"], clf.pad_token_id)
+    hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
+    out = {}
+    for name, kw in [("stock", {}), ("pooled", {"pooled_last_block": True}), ("fused", {"fused": True}),
+                     ("both", {"pooled_last_block": True, "fused": True})]:
+        clf.model.zero_grad(set_to_none=True)
+        logits = run_suffix(clf.model, hidden, b["attention_mask"], pooled, clf.first, **kw)
+        torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+        out[name] = logits.detach(), {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
+    stock_logits, stock_grads = out.pop("stock")
+    for name, (logits, grads) in out.items():
+        torch.testing.assert_close(logits, stock_logits, atol=1e-5, rtol=0, msg=name)
+        assert grads.keys() == stock_grads.keys()
+        for n, g in stock_grads.items():
+            torch.testing.assert_close(grads[n], g, atol=1e-5, rtol=1e-4, msg=f"{name}: {n}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Length bucketing
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_bucketing_cuts_padding_and_keeps_every_example_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=1000)
+    bucketed = bucketed_indices(lengths, 16, seed=3)
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(1000))
+    assert [len(b) for b in sorted(bucketed, key=len, reverse=True)] == [16] * 62 + [8]
+    random_pad = padding_fraction(lengths, batch_indices(1000, 16, True, 3))
+    assert padding_fraction(lengths, bucketed) < 0.05 < random_pad
+    again = bucketed_indices(lengths, 16, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
+    other = bucketed_indices(lengths, 16, seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Kedro node builds; training reuses
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
+    from toptune.pipelines.cache.nodes import build_prefix_cache
+
+    params = {"model": {"name_or_path": str(tiny_qwen3), "trainable_layers": 2},
+              "lora": {"r": 4, "alpha": 8},
+              "training": {"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "progress": False,
+                           "cache_dir": str(tmp_path / "cache"), "seed": 7}}
+    label_map = {str(k): v for k, v in ID2LABEL.items()}
+    summary, metrics = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
+    assert summary["status"] == "built" and summary["bytes"] > 0 and metrics["bytes"]["value"] == summary["bytes"]
+    built_at = json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"]
+    again, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
+    assert again["status"] == "reused"
+    clf = build_classifier(ModelConfig(**params["model"]), LoraSettings(**params["lora"]), ID2LABEL, seed=7, device="cpu")
+    with caplog.at_level("INFO", logger="toptune.cache"):
+        fit(clf, data, TrainingConfig(**params["training"]))
+    assert any("reused" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"] == built_at
+    skipped, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], {**params["training"], "prefix_mode": "no_grad"})
+    assert skipped["status"] == "skipped"
