@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m toptune.cli.bench
+	$(PY) -m toptune.benchlog.bench
 
 data:
 	$(PYTHON) scripts/make_reviews.py
