@@ -215,17 +215,8 @@ def test_bfloat16_cache_is_half_the_size_and_close(tiny_qwen3, data, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_fast_suffix_equals_stock_blocks(tiny_checkpoint, data, side, k):
-    clf = classifier(tiny_checkpoint, k)
-    enc = data["train"]
-    b = collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id)
-    if side == "left":
-        for row in range(8):
-            n = int(b["attention_mask"][row].sum())
-            b["input_ids"][row] = torch.roll(b["input_ids"][row], b["input_ids"].shape[1] - n)
-            b["attention_mask"][row] = torch.roll(b["attention_mask"][row], b["input_ids"].shape[1] - n)
+def assert_fast_suffix_equals_stock(clf, b: dict) -> None:
+    """Logits and every trainable parameter's gradient of the fast suffix variants equal the stock blocks'."""
     pooled = pool_index(b["input_ids"], clf.pad_token_id)
     hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
     out = {}
@@ -241,6 +232,31 @@ def test_fast_suffix_equals_stock_blocks(tiny_checkpoint, data, side, k):
         assert grads.keys() == stock_grads.keys()
         for n, g in stock_grads.items():
             torch.testing.assert_close(grads[n], g, atol=1e-5, rtol=1e-4, msg=f"{name}: {n}")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fast_suffix_equals_stock_blocks(tiny_checkpoint, data, side, k):
+    clf = classifier(tiny_checkpoint, k)
+    enc = data["train"]
+    b = collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id)
+    if side == "left":
+        for row in range(8):
+            n = int(b["attention_mask"][row].sum())
+            b["input_ids"][row] = torch.roll(b["input_ids"][row], b["input_ids"].shape[1] - n)
+            b["attention_mask"][row] = torch.roll(b["attention_mask"][row], b["input_ids"].shape[1] - n)
+    assert_fast_suffix_equals_stock(clf, b)
+
+
+def test_fast_suffix_trains_unfrozen_biases(tiny_qwen2, data):
+    """A LoRA projection whose frozen-by-default bias a user unfreezes still gets the bias gradient."""
+    clf = classifier(tiny_qwen2, 2)
+    biases = [p for n, p in clf.model.named_parameters() if n.endswith("base_layer.bias")]
+    assert biases, "Qwen2's q/k/v projections carry biases"
+    for p in biases:
+        p.requires_grad_(True)
+    enc = data["train"]
+    assert_fast_suffix_equals_stock(clf, collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id))
 
 
 # ---------------------------------------------------------------------------------------------------

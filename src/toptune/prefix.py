@@ -231,6 +231,8 @@ def _lora_parts(module: nn.Module):
     base, a, b = module.base_layer, module.lora_A[name], module.lora_B[name]
     if not isinstance(base, nn.Linear) or base.weight.requires_grad or getattr(b, "bias", None) is not None:
         return None
+    if base.bias is not None and base.bias.requires_grad:  # a trained bias needs its own gradient
+        return None
     if not (base.weight.dtype == a.weight.dtype == b.weight.dtype):
         return None
     return base.weight, base.bias, a.weight, b.weight, float(module.scaling[name])

@@ -43,11 +43,13 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
         return run.info.run_id
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """``make bench``: the bench's result, also logged to MLflow."""
     argv = sys.argv[1:] if argv is None else argv
     result = bench.main(argv)
     run_id = log_to_mlflow(result, bench.parse_args(argv).out_dir)
     print(f"logged to MLflow experiment toptune-bench, run {run_id}")
+    return result
 
 
 if __name__ == "__main__":
