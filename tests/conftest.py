@@ -41,13 +41,3 @@ def tiny_qwen2(tmp_path_factory, tokenizer_dir):
 def tiny_checkpoint(request, tiny_qwen3, tiny_qwen2):
     """Each test using it runs on a tiny Qwen3 and a tiny Qwen2 checkpoint."""
     return {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[request.param]
-
-
-@pytest.fixture(autouse=True)
-def _no_mlflow_run_left_active():
-    """Tests share one process: a run left active by one test's Kedro sessions (seen after the
-    end-to-end sequence) must not become the next test's "active run" in another store."""
-    yield
-    from mlflow.tracking import fluent
-
-    fluent._active_run_stack.get().clear()  # forget it without touching a store the test removed

@@ -40,7 +40,10 @@ def nested(params: dict) -> dict:
 def run(project: Path, params: dict, pipeline: str | None = None):
     bootstrap_project(project)
     with KedroSession.create(project_path=project, runtime_params=nested(params)) as session:
-        return session.run(pipeline_name=pipeline)
+        out = session.run(pipeline_name=pipeline)
+    # kedro-mlflow closes its run; nothing may stay on MLflow's stack in a long-lived process.
+    assert mlflow.active_run() is None, f"kedro run --pipeline {pipeline or '__default__'} left an MLflow run active"
+    return out
 
 
 @pytest.fixture
