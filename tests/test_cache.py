@@ -293,6 +293,9 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     label_map = {str(k): v for k, v in ID2LABEL.items()}
     summary, metrics = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
     assert summary["status"] == "built" and summary["bytes"] > 0 and metrics["bytes"]["value"] == summary["bytes"]
+    lens = data["train"].lengths()
+    assert metrics["padding_fraction_unbucketed"]["value"] == padding_fraction(lens, batch_indices(len(lens), 8, True, 7))
+    assert 0 <= metrics["padding_fraction_bucketed"]["value"] < metrics["padding_fraction_unbucketed"]["value"]
     built_at = json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"]
     again, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
     assert again["status"] == "reused"

@@ -499,6 +499,12 @@ def padding_fraction(lengths: np.ndarray, batches: Iterable[np.ndarray]) -> floa
     return 1 - real / padded if padded else 0.0
 
 
+def bucketing_padding(lengths: np.ndarray, batch_size: int, seed: int) -> dict[str, float]:
+    """Padding share of the first epoch's train batches without and with length bucketing."""
+    return {"padding_fraction_unbucketed": padding_fraction(lengths, batch_indices(len(lengths), batch_size, True, seed)),
+            "padding_fraction_bucketed": padding_fraction(lengths, bucketed_indices(lengths, batch_size, seed, BUCKET_WINDOW))}
+
+
 def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool) -> list[np.ndarray]:
     """Example indices per batch. Unbucketed = exactly the live modes' order (``data.batch_indices``);
     bucketed = :func:`bucketed_indices` (training) or length-sorted (evaluation, then restored)."""
@@ -583,10 +589,9 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
         val_split = cache.split("val", data["val"], clf.pad_token_id)
         val_b = cached_batches(val_split, cfg.eval_batch_size, False, 0, cfg.bucket_by_length, clf.device)
     if cfg.bucket_by_length:
-        lens = train_split.lengths
-        before = padding_fraction(lens, batch_indices(len(lens), cfg.batch_size, True, cfg.seed))
-        after = padding_fraction(lens, epoch_indices(train_split, cfg.batch_size, True, cfg.seed, True))
-        log.info("length bucketing: padding %.1f%% → %.1f%% of the train batches' positions", 100 * before, 100 * after)
+        pad = bucketing_padding(train_split.lengths, cfg.batch_size, cfg.seed)
+        log.info("length bucketing: padding %.1f%% → %.1f%% of the train batches' positions",
+                 100 * pad["padding_fraction_unbucketed"], 100 * pad["padding_fraction_bucketed"])
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from toptune.cache import human_bytes, prepare_cache
+from toptune.cache import bucketing_padding, human_bytes, prepare_cache
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items
@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict,
                        lora_params: dict, training_params: dict) -> tuple[dict, dict]:
     """Build the prefix cache at ``training.cache_dir`` (or reuse it when its fingerprint matches);
-    returns its summary (path, status, bytes, build seconds, fingerprint) and metrics. A no-op
+    returns its summary (path, status, bytes, build seconds, fingerprint) and metrics (bytes, reuse,
+    build seconds, the train batches' padding share without and with length bucketing). A no-op
     unless ``training.prefix_mode`` is ``cache``."""
     cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
     if cfg.training.prefix_mode != "cache":
@@ -29,6 +30,8 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
     log.info("prefix cache %s at %s: %s on disk%s", cache.status, cache.path, human_bytes(cache.bytes),
              f", built in {cache.build_seconds:.1f} s" if cache.build_seconds is not None else " (fingerprint matches)")
     metrics = {"bytes": cache.bytes, "reused": int(cache.status == "reused")}
+    if "train" in tokenised and len(tokenised["train"]):  # what length bucketing saves (or would save)
+        metrics.update(bucketing_padding(tokenised["train"].lengths(), cfg.training.batch_size, cfg.training.seed))
     if cache.build_seconds is not None:
         metrics["build_seconds"] = cache.build_seconds
     return summary, metric_items(metrics)
