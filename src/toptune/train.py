@@ -171,7 +171,7 @@ def train(
                                          "lr": sched.get_last_lr()[0]})
                     window = []
             bar.update(len(b["labels"]))
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - t_epoch):.0f}")
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", ex_s=f"{seen / (time.perf_counter() - t_epoch):.0f}", refresh=False)  # redraw at most once a second (mininterval), not each step
         bar.close()
         train_time = time.perf_counter() - t_epoch
         row = {"epoch": epoch, "train_loss": float(np.mean(epoch_losses)), "epoch_seconds": train_time,
