@@ -18,6 +18,12 @@ SMALL = dict(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, n
 
 
 @pytest.fixture(scope="session")
+def small_spec() -> dict:
+    """The ``TinyQwenSpec`` fields of the tiny test checkpoints."""
+    return dict(SMALL)
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     return build_qwen_tokenizer(tmp_path_factory.mktemp("qwen-tokenizer"))
 

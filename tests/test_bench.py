@@ -15,13 +15,13 @@ import torch
 from toptune import bench
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = dict(hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)  # conftest's SMALL
 
 
 @pytest.fixture
-def config(tiny_qwen3, tmp_path) -> bench.BenchConfig:
+def config(tiny_qwen3, small_spec, tmp_path) -> bench.BenchConfig:
+    spec = {k: v for k, v in small_spec.items() if k != "num_layers"}  # the same spec: the checkpoint is reused
     return bench.BenchConfig(data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"), model_dir=str(tiny_qwen3),
-                             num_layers=4, spec=dict(SPEC), trainable_layers=2, epochs=1, sample_rows=120,
+                             num_layers=small_spec["num_layers"], spec=spec, trainable_layers=2, epochs=1, sample_rows=120,
                              cache_dir=str(tmp_path / "cache"), out_dir=str(tmp_path / "out"), gpu_model=False)
 
 

@@ -23,8 +23,9 @@ from toptune.model import backbone
 from toptune.prefix import pool_index, run_prefix, run_suffix
 from toptune.recipe import build_classifier, fit, predict
 
+from test_prefix import ID2LABEL, classifier  # the tiny classifier with random adapter weights
+
 ROOT = Path(__file__).resolve().parents[1]
-ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
 
 
@@ -38,18 +39,6 @@ def data(tokenizer) -> dict[str, Encoded]:
         return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
 
     return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
-
-
-def classifier(path, k: int = 2, seed: int = 0):
-    clf = build_classifier(ModelConfig(name_or_path=str(path), trainable_layers=k), LoraSettings(r=4, alpha=8),
-                           ID2LABEL, seed=seed, device="cpu")
-    # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in clf.model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return clf
 
 
 def config(tmp_path, **kw) -> TrainingConfig:

@@ -41,10 +41,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from toptune.cache import (cached_logits, epoch_indices, fit_cached, padding_fraction, predict_cached,
-                           prefix_bytes, prepare_cache)
+from toptune.cache import (bucketing_padding, cached_logits, epoch_indices, fit_cached, predict_cached, prefix_bytes,
+                           prepare_cache)
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded, batch_indices, encode_splits, label_map, prepare_table, split_table
+from toptune.data import Encoded, encode_splits, label_map, prepare_table, split_table
 from toptune.model import TinyQwenSpec, ensure_tiny_qwen
 from toptune.recipe import build_classifier, fit, predict
 from toptune.tokenizer import load_tokenizer
@@ -187,10 +187,9 @@ def _row(setup: Setup, bc: BenchConfig, train_seconds: float, epoch_seconds: lis
     return row
 
 
-def _live_padding(setup: Setup, bc: BenchConfig) -> float:
-    lens = setup.data["train"].lengths()
-    return float(np.mean([padding_fraction(lens, batch_indices(len(lens), bc.batch_size, True, bc.seed + e))
-                          for e in range(bc.epochs)]))
+def _padding(setup: Setup, bc: BenchConfig) -> dict[str, float]:
+    """The train batches' padding share over the bench's epochs, shuffled (live modes) or bucketed (cache)."""
+    return bucketing_padding(setup.data["train"].lengths(), bc.batch_size, bc.seed, bc.epochs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +310,7 @@ def run_toptune(setup: Setup, bc: BenchConfig, mode: str) -> dict:
     peak = _peak(setup.device)
     acc = predict(clf, setup.data["test"], bc.eval_batch_size).accuracy
     row = _row(setup, bc, seconds, [e["epoch_seconds"] for e in result.epochs], acc,
-               padding_fraction=_live_padding(setup, bc))
+               padding_fraction=_padding(setup, bc)["padding_fraction_unbucketed"])
     if peak is not None:
         row["peak_device_memory_bytes"] = peak
     return row
@@ -335,12 +334,10 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
     seconds = time.perf_counter() - t0
     peak_train = _peak(setup.device)
     acc = predict_cached(clf, cache, "test", setup.data["test"], bc.eval_batch_size).accuracy
-    split = cache.split("train", setup.data["train"], clf.pad_token_id)
-    pad = float(np.mean([padding_fraction(split.lengths, epoch_indices(split, bc.batch_size, True, bc.seed + e, True))
-                         for e in range(bc.epochs)]))
+    pad = _padding(setup, bc)
     row = _row(setup, bc, seconds, [e["epoch_seconds"] for e in result.epochs], acc,
                cache_build_seconds=build, cache_bytes=cache.bytes, cache_dtype=cache.fingerprint["dtype"],
-               padding_fraction=pad, padding_fraction_unbucketed=_live_padding(setup, bc),
+               padding_fraction=pad["padding_fraction_bucketed"], padding_fraction_unbucketed=pad["padding_fraction_unbucketed"],
                prefix_weights_bytes=prefix_bytes(clf))
     if peak_train is not None:
         row.update(peak_device_memory_bytes=max(peak_build, peak_train), peak_device_memory_build_bytes=peak_build,

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Version of the on-disk layout; a cache of another version is rebuilt."""
-DEFAULT_CACHE_DIR = "data/04_feature/prefix_cache"
 MANIFEST = "manifest.json"
 SHARD_BYTES = 1 << 30
 """Largest shard file (examples are never split across shards)."""
@@ -139,16 +138,21 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the backbone's weights (what the blocks compute in, autocast aside)."""
+    return next(backbone(model).parameters()).dtype
+
+
 def compute_dtype(model: nn.Module, device: torch.device) -> str:
     """How the prefix is computed: device type, weights' dtype, and bf16 autocast on CUDA."""
-    weights = _dtype_name(next(backbone(model).parameters()).dtype)
+    weights = _dtype_name(weights_dtype(model))
     return f"{device.type}/{weights}" + ("/bf16-autocast" if device.type == "cuda" else "")
 
 
 def storage_dtype(cfg: TrainingConfig, model: nn.Module) -> torch.dtype:
     """``training.cache_dtype``: ``auto`` = the model weights' dtype; or ``float32`` / ``bfloat16``."""
     if cfg.cache_dtype == "auto":
-        return next(backbone(model).parameters()).dtype
+        return weights_dtype(model)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.cache_dtype]
 
 
@@ -361,7 +365,7 @@ def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | 
     seconds = time.perf_counter() - t0
     shard_bytes = sum(s["bytes"] for sp in splits.values() for s in sp["shards"])
     manifest = {"format": CACHE_FORMAT, "fingerprint": fp, "dtype": _dtype_name(dtype),
-                "compute_dtype": _dtype_name(_compute_torch_dtype(clf)), "hidden_size": int(next(iter(hidden.values())).shape[1]),
+                "compute_dtype": _dtype_name(weights_dtype(clf.model)), "hidden_size": int(next(iter(hidden.values())).shape[1]),
                 "splits": splits, "shard_bytes": shard_bytes, "build_seconds": seconds, "built_at": time.time()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -372,11 +376,7 @@ def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | 
     nbytes = shard_bytes + (path / MANIFEST).stat().st_size
     log.info("prefix cache built at %s in %.1f s: %d examples, %s on disk (%s)", path, seconds, total,
              human_bytes(nbytes), manifest["dtype"])
-    return PrefixCache(path, fp, hidden, lengths, nbytes, "built", seconds, reason, _compute_torch_dtype(clf))
-
-
-def _compute_torch_dtype(clf) -> torch.dtype:
-    return next(backbone(clf.model).parameters()).dtype
+    return PrefixCache(path, fp, hidden, lengths, nbytes, "built", seconds, reason, weights_dtype(clf.model))
 
 
 def human_bytes(n: int) -> str:
@@ -499,10 +499,14 @@ def padding_fraction(lengths: np.ndarray, batches: Iterable[np.ndarray]) -> floa
     return 1 - real / padded if padded else 0.0
 
 
-def bucketing_padding(lengths: np.ndarray, batch_size: int, seed: int) -> dict[str, float]:
-    """Padding share of the first epoch's train batches without and with length bucketing."""
-    return {"padding_fraction_unbucketed": padding_fraction(lengths, batch_indices(len(lengths), batch_size, True, seed)),
-            "padding_fraction_bucketed": padding_fraction(lengths, bucketed_indices(lengths, batch_size, seed, BUCKET_WINDOW))}
+def bucketing_padding(lengths: np.ndarray, batch_size: int, seed: int, epochs: int = 1) -> dict[str, float]:
+    """Padding share of the train batches without and with length bucketing, averaged over the
+    first ``epochs`` epochs (epoch ``e`` shuffles with seed ``seed + e``, as training does)."""
+    def mean(batches_of) -> float:
+        return float(np.mean([padding_fraction(lengths, batches_of(seed + e)) for e in range(epochs)]))
+
+    return {"padding_fraction_unbucketed": mean(lambda s: batch_indices(len(lengths), batch_size, True, s)),
+            "padding_fraction_bucketed": mean(lambda s: bucketed_indices(lengths, batch_size, s, BUCKET_WINDOW))}
 
 
 def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool) -> list[np.ndarray]:
