@@ -11,7 +11,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from toptune.model import TinyQwenSpec, write_tiny_qwen  # noqa: E402
+from toptune.tiny import TinyQwenSpec, write_tiny_qwen  # noqa: E402
 from toptune.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
 
 SMALL = dict(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)

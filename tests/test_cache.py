@@ -20,10 +20,10 @@ from toptune.cache import (CacheInvalid, bucketed_indices, fingerprint, fit_cach
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data import Encoded, batch_indices, collate, encode, prepare_table
 from toptune.model import backbone
-from toptune.prefix import pool_index, run_prefix, run_suffix
+from toptune.split import run_prefix
 from toptune.recipe import build_classifier, fit, predict
 
-from test_prefix import ID2LABEL, classifier  # the tiny classifier with random adapter weights
+from test_split import ID2LABEL, classifier  # the tiny classifier with random adapter weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
@@ -68,7 +68,7 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
     # Stored rows are the live prefix's hidden states of each example, unpadded.
     enc = data["val"]
     b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
-    live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
+    live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer)
     rows = live[b["attention_mask"].bool()]
     torch.testing.assert_close(again.hidden["val"], rows, atol=1e-5, rtol=0)
 
@@ -197,55 +197,6 @@ def test_bfloat16_cache_is_half_the_size_and_close(tiny_qwen3, data, tmp_path):
     a = predict_cached(clf, full, "val", data["val"], 16).logits
     b = predict_cached(clf, half, "val", data["val"], 16).logits
     np.testing.assert_allclose(b, a, atol=0.05)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The fast suffix (prefix.py): pooled last block, fused blocks
-# ---------------------------------------------------------------------------------------------------
-
-
-def assert_fast_suffix_equals_stock(clf, b: dict) -> None:
-    """Logits and every trainable parameter's gradient of the fast suffix variants equal the stock blocks'."""
-    pooled = pool_index(b["input_ids"], clf.pad_token_id)
-    hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
-    out = {}
-    for name, kw in [("stock", {}), ("pooled", {"pooled_last_block": True}), ("fused", {"fused": True}),
-                     ("both", {"pooled_last_block": True, "fused": True})]:
-        clf.model.zero_grad(set_to_none=True)
-        logits = run_suffix(clf.model, hidden, b["attention_mask"], pooled, clf.first, **kw)
-        torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
-        out[name] = logits.detach(), {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
-    stock_logits, stock_grads = out.pop("stock")
-    for name, (logits, grads) in out.items():
-        torch.testing.assert_close(logits, stock_logits, atol=1e-5, rtol=0, msg=name)
-        assert grads.keys() == stock_grads.keys()
-        for n, g in stock_grads.items():
-            torch.testing.assert_close(grads[n], g, atol=1e-5, rtol=1e-4, msg=f"{name}: {n}")
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_fast_suffix_equals_stock_blocks(tiny_checkpoint, data, side, k):
-    clf = classifier(tiny_checkpoint, k)
-    enc = data["train"]
-    b = collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id)
-    if side == "left":
-        for row in range(8):
-            n = int(b["attention_mask"][row].sum())
-            b["input_ids"][row] = torch.roll(b["input_ids"][row], b["input_ids"].shape[1] - n)
-            b["attention_mask"][row] = torch.roll(b["attention_mask"][row], b["input_ids"].shape[1] - n)
-    assert_fast_suffix_equals_stock(clf, b)
-
-
-def test_fast_suffix_trains_unfrozen_biases(tiny_qwen2, data):
-    """A LoRA projection whose frozen-by-default bias a user unfreezes still gets the bias gradient."""
-    clf = classifier(tiny_qwen2, 2)
-    biases = [p for n, p in clf.model.named_parameters() if n.endswith("base_layer.bias")]
-    assert biases, "Qwen2's q/k/v projections carry biases"
-    for p in biases:
-        p.requires_grad_(True)
-    enc = data["train"]
-    assert_fast_suffix_equals_stock(clf, collate(enc.input_ids[:8], enc.labels[:8], clf.pad_token_id))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from toptune.cache import prepare_cache
 from toptune.config import ConfigError, LoraSettings, ModelConfig, TrainingConfig, from_dict
 from toptune.data import Encoded, collate, encode
-from toptune.inspect import (MODES, BlockShape, InspectConfig, block_diagram_figure, block_saved_bytes, cache_batch,
+from toptune.memory import (MODES, BlockShape, InspectConfig, block_diagram_figure, block_saved_bytes, cache_batch,
                              estimate_top_k, format_seed_table, format_table, inspect_modes, metrics_of,
                              saved_bytes_figure, seed_table)
 from toptune.recipe import build_classifier

@@ -41,11 +41,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from toptune.adapters import target_modules
 from toptune.cache import (bucketing_padding, cached_logits, epoch_indices, fit_cached, predict_cached, prefix_bytes,
                            prepare_cache)
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data import Encoded, encode_splits, label_map, prepare_table, split_table
-from toptune.model import TinyQwenSpec, ensure_tiny_qwen
+from toptune.tiny import TinyQwenSpec, ensure_tiny_qwen
 from toptune.recipe import build_classifier, fit, predict
 from toptune.tokenizer import load_tokenizer
 from toptune.train import fused_adamw_ok, resolve_device, seed_everything, trainable_parameters
@@ -213,9 +214,12 @@ def hf_model(setup: Setup, bc: BenchConfig):
         dtype=torch.bfloat16 if setup.model_cfg.dtype == "bfloat16" else torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     n_layers = model.config.num_hidden_layers
+    top = list(range(n_layers - bc.trainable_layers, n_layers))
+    # The same projections toptune adapts, named the way a user names them: leaf names + layers_to_transform.
+    leaves = sorted({name.rpartition(".")[2] for name in target_modules(model, top, lora)})
     return get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        layers_to_transform=list(range(n_layers - bc.trainable_layers, n_layers)), layers_pattern="layers",
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=leaves,
+        layers_to_transform=top, layers_pattern="layers",
         task_type="SEQ_CLS")).to(setup.device)
 
 
@@ -354,7 +358,7 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     model, dev = clf.model, clf.device
     params = trainable_parameters(model)
     opt = torch.optim.AdamW(params, lr=bc.lr, weight_decay=0.0, fused=fused_adamw_ok(params))
-    logits_fn = cached_logits(model, clf.first)
+    logits_fn = cached_logits(model, clf.first_trainable_layer)
     from toptune.cache import prefix_offloaded
     from toptune.train import autocast
 
@@ -423,7 +427,7 @@ def bench_config_dict(bc: BenchConfig, setup: Setup, spec: dict) -> dict:
 
 def ensure_gpu_model(bc: BenchConfig) -> Path:
     """Write the Qwen3-4B-shaped random checkpoint (bf16, ~8 GB) once, built on the GPU."""
-    from toptune.model import tiny_qwen_config
+    from toptune.tiny import tiny_config
     from toptune.tokenizer import ensure_qwen_tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -434,7 +438,7 @@ def ensure_gpu_model(bc: BenchConfig) -> Path:
         return out
     torch.manual_seed(spec.seed)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(tiny_qwen_config(spec), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(tiny_config(spec), dtype=torch.bfloat16)
     model.save_pretrained(out)
     del model
     torch.cuda.empty_cache()

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from toptune.config import TrainingConfig
 from toptune.data import Encoded, batch_indices, collate
 from toptune.model import backbone
-from toptune.prefix import run_prefix, run_suffix
+from toptune.split import run_prefix, run_top
 from toptune.train import Batch, EvalResult, LogitsFn, TrainResult, autocast, run_eval, train
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,9 @@ def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig) -> dict:
     """Everything the stored hidden states depend on; a cache is valid only for an equal fingerprint."""
     return {
         "format": CACHE_FORMAT,
-        "model_weights": model_weights_hash(clf.model, clf.first),
+        "model_weights": model_weights_hash(clf.model, clf.first_trainable_layer),
         "num_layers": clf.num_layers,
-        "first_trainable_block": clf.first,
+        "first_trainable_block": clf.first_trainable_layer,
         "tokenizer": tokenizer_hash(clf.tokenizer),
         "max_length": cfg.max_length,
         "dtype": _dtype_name(storage_dtype(cfg, clf.model)),
@@ -189,7 +189,7 @@ def fingerprint_diff(old: dict, new: dict) -> list[str]:
 
 def pooled_positions(enc: Encoded, pad_token_id: int | None) -> np.ndarray:
     """(N,) per example, the stock classifier's pooling position: the rightmost token that is not
-    ``pad_token_id`` (0 if every token is), as :func:`toptune.prefix.pool_index` finds it in a batch."""
+    ``pad_token_id`` (0 if every token is), as :func:`toptune.split.pool_index` finds it in a batch."""
     out = np.zeros(len(enc), dtype=np.int64)
     for i, ids in enumerate(enc.input_ids):
         if pad_token_id is None:
@@ -304,7 +304,7 @@ def compute_split(clf, enc: Encoded, dtype: torch.dtype, batch_tokens: int | Non
         b = collate([enc.input_ids[j] for j in idx], [0] * len(idx), clf.pad_token_id)
         ids, mask = b["input_ids"].to(clf.device), b["attention_mask"].to(clf.device)
         with autocast(clf.device):
-            hidden = run_prefix(clf.model, ids, mask, clf.first)  # (B, T, D)
+            hidden = run_prefix(clf.model, ids, mask, clf.first_trainable_layer)  # (B, T, D)
         real = hidden[mask.bool()].to(dtype).cpu()  # (Σ lengths, D), example by example
         dest = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in idx])
         out[torch.from_numpy(dest)] = real
@@ -533,8 +533,7 @@ def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int
 
 def cached_logits(model: nn.Module, first: int) -> LogitsFn:
     """Logits of cached batches: blocks ``first …`` (fused; the last at the pooled token only), norm, score."""
-    return lambda b: run_suffix(model, b["hidden"], b["attention_mask"], b["pooled"], first,
-                                pooled_last_block=True, fused=True)
+    return lambda b: run_top(model, b["hidden"], b["attention_mask"], b["pooled"], first, fast=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,7 +544,7 @@ def cached_logits(model: nn.Module, first: int) -> LogitsFn:
 def prefix_modules(clf) -> list[nn.Module]:
     """The modules only the prefix uses: the token embedding and blocks ``0 … first-1``."""
     inner = backbone(clf.model)
-    return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first)]]
+    return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first_trainable_layer)]]
 
 
 def prefix_bytes(clf) -> int:
@@ -599,7 +598,7 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(clf.model, train_b, len(train_split), cached_logits(clf.model, clf.first), cfg, clf.device,
+        return train(clf.model, train_b, len(train_split), cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device,
                      (lambda: val_b(0)) if val_b is not None else None)
 
 
@@ -609,7 +608,7 @@ def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size:
     split = cache.split(name, enc, clf.pad_token_id)
     idx = epoch_indices(split, batch_size, False, 0, bucket)
     with prefix_offloaded(clf):
-        ev = run_eval(clf.model, (split.batch(i, clf.device) for i in idx), cached_logits(clf.model, clf.first), clf.device)
+        ev = run_eval(clf.model, (split.batch(i, clf.device) for i in idx), cached_logits(clf.model, clf.first_trainable_layer), clf.device)
     order = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
     logits = np.empty_like(ev.logits)
     labels = np.empty_like(ev.labels)

@@ -15,7 +15,10 @@ T = TypeVar("T")
 
 DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
 """Where the embedded default (seeded tiny Qwen3 + offline Qwen tokenizer) is written on first use."""
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+PREFIX_MODES = ("no_grad", "autograd", "cache")
+"""How the frozen prefix runs (``training.prefix_mode``)."""
 
 
 class ConfigError(ValueError):
@@ -117,15 +120,24 @@ class LoraSettings:
     """Scale numerator: the update is multiplied by alpha / r."""
     dropout: float = 0.0
     """Dropout on the adapter's input during training."""
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    """Projection names inside each trainable block that get an adapter."""
+    target_modules: str | list[str] = "auto"
+    """``auto``: every linear projection of the trainable blocks' token mixers (attention q/k/v/o, Gated
+    DeltaNet ``in_proj_*`` / ``out_proj``) and MLPs (shared experts included); or a list of projection names
+    (``[q_proj, v_proj]``) inside each trainable block."""
+    experts: bool = False
+    """Also put LoRA on the routed experts of the trainable blocks (MoE families; through PEFT's
+    ``target_parameters``, on the stacked expert weights)."""
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"lora.r={self.r} must be >= 1")
         _check(self.alpha > 0, f"lora.alpha={self.alpha} must be > 0")
         _check(0 <= self.dropout < 1, f"lora.dropout={self.dropout} must be in [0, 1)")
-        _check(bool(self.target_modules), "lora.target_modules must name at least one module")
-        self.target_modules = list(self.target_modules)
+        _check(self.target_modules == "auto" or (isinstance(self.target_modules, (list, tuple)) and len(self.target_modules) > 0
+               and all(isinstance(m, str) and m for m in self.target_modules)),
+               f"lora.target_modules={self.target_modules!r} must be auto or a non-empty list of module names")
+        if self.target_modules != "auto":
+            self.target_modules = list(self.target_modules)
+        _check(isinstance(self.experts, bool), f"lora.experts={self.experts!r} must be true or false")
 
 
 @dataclass
@@ -172,8 +184,6 @@ class TrainingConfig:
     batch order; false = the live modes' batches exactly."""
 
     def __post_init__(self) -> None:
-        from toptune.prefix import PREFIX_MODES
-
         _check(self.prefix_mode in PREFIX_MODES, f"training.prefix_mode={self.prefix_mode!r} must be one of {', '.join(PREFIX_MODES)}")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_length", "log_every"):
             _check(getattr(self, name) >= 1, f"training.{name}={getattr(self, name)} must be >= 1")

@@ -148,13 +148,12 @@ def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[
 
     Returns ``(PeftModel, tokenizer)`` in eval mode, fp32 on CPU.
     """
-    from peft import PeftModel
-
+    from toptune.adapters import load_adapter
     from toptune.model import load_classifier
 
     tok = load_tokenizer(base_path)
     model = load_classifier(base_path, id2label, tok.pad_token_id)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tok
+    return load_adapter(model, str(adapter_dir)).eval(), tok
 
 
 @dataclass
@@ -294,6 +293,9 @@ class Predictor:
 def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
     """Load a merged checkpoint (weights, tokenizer, ``toptune.json``) with transformers alone."""
     serving = ServingConfig.load(model_dir)
+    from toptune import families
+
+    families.register()  # a merged Qwen3.5 MoE classifier is toptune's own class
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
     tok = load_tokenizer(model_dir)
     if model.config.pad_token_id is None:

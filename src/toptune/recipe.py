@@ -3,6 +3,7 @@ train in the configured prefix mode, predict. Kedro nodes and the benchmark call
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +12,17 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from toptune import families
 from toptune.adapters import add_adapters, param_counts
 from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data import Encoded
-from toptune.model import decoder_layers, ensure_tiny_qwen, load_classifier
+from toptune.model import decoder_layers, load_classifier
+from toptune.split.check import split_check
+from toptune.tiny import ensure_tiny_qwen
 from toptune.tokenizer import load_tokenizer
-from toptune.train import EvalResult, TrainResult, live_batches, live_logits, resolve_device, run_eval, train
+from toptune.train import EvalResult, TrainResult, autocast, live_batches, live_logits, resolve_device, run_eval, train
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str:
@@ -33,14 +39,14 @@ class Classifier:
 
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
-    layers: list[int]
-    """Trainable block indices."""
+    trainable_layers: list[int]
+    """Trainable block indices (``model.trainable_layers`` resolved against the checkpoint)."""
     device: torch.device
 
     @property
-    def first(self) -> int:
+    def first_trainable_layer(self) -> int:
         """Lowest trainable block: blocks below it are the frozen prefix."""
-        return min(self.layers)
+        return min(self.trainable_layers)
 
     @property
     def num_layers(self) -> int:
@@ -58,10 +64,21 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
     tok = tokenizer or load_tokenizer(path)
     dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
     model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=dtype)
-    layers = model_cfg.layer_indices(model.config.num_hidden_layers)
+    layers = model_cfg.layer_indices(len(decoder_layers(model)))
     dev = resolve_device(device)
     peft_model = add_adapters(model, lora, layers).to(dev)
     return Classifier(peft_model, tok, layers, dev)
+
+
+def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
+    """Stock vs split forward on the first ``batch_size`` examples of ``enc`` (the run's first batch); the
+    measured difference, or :class:`toptune.split.check.SplitMismatch` naming the model type."""
+    b = next(iter(live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)(0)))
+    check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, autocast(clf.device))
+    if not families.is_tested(check.model_type):
+        log.warning("model type %r is untested; its split check passed (max |Δlogit| %.2e on %d examples)",
+                    check.model_type, check.max_abs_logit_diff, check.rows)
+    return check.as_dict()
 
 
 def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> TrainResult:
@@ -70,7 +87,7 @@ def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> Train
         from toptune.cache import fit_cached
 
         return fit_cached(clf, data, cfg)
-    logits_fn = live_logits(clf.model, clf.first, cfg.prefix_mode)
+    logits_fn = live_logits(clf.model, clf.first_trainable_layer, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
     val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device)
     return train(clf.model, train_b, len(data["train"]), logits_fn, cfg, clf.device, lambda: val_b(0))
@@ -79,7 +96,7 @@ def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> Train
 def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
     """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here)."""
     batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)(0)
-    return run_eval(clf.model, batches, live_logits(clf.model, clf.first, "no_grad"), clf.device)
+    return run_eval(clf.model, batches, live_logits(clf.model, clf.first_trainable_layer, "no_grad"), clf.device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -91,5 +108,5 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def describe(clf: Classifier) -> dict[str, int | str]:
     """Flat facts about the model for logging: block split and parameter counts."""
-    return {"num_layers": clf.num_layers, "first_trainable_layer": clf.first,
-            "trainable_layers": ",".join(map(str, clf.layers)), **param_counts(clf.model)}
+    return {"num_layers": clf.num_layers, "first_trainable_layer": clf.first_trainable_layer,
+            "trainable_layers": ",".join(map(str, clf.trainable_layers)), **param_counts(clf.model)}

@@ -2,8 +2,8 @@
 
 The loop is written over two small abstractions so that every prefix mode shares it:
 ``batches(epoch)`` yields dicts of tensors, and ``logits_fn(batch)`` turns one into logits (B, C).
-Live modes feed token batches through :func:`toptune.prefix.forward_logits`; the cache feeds
-stored prefix outputs through :func:`toptune.prefix.run_suffix`.
+Live modes feed token batches through :func:`toptune.split.forward_logits`; the cache feeds
+stored prefix outputs through :func:`toptune.split.run_top`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from toptune.config import TrainingConfig
 from toptune.data import Encoded, batches
-from toptune.prefix import forward_logits
+from toptune.split import forward_logits
 
 Batch = dict[str, Tensor]
 LogitsFn = Callable[[Batch], Tensor]

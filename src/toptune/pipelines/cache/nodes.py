@@ -8,7 +8,7 @@ from toptune.cache import bucketing_padding, human_bytes, prepare_cache
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import build_classifier
+from toptune.recipe import build_classifier, check_split
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
         return {"status": "skipped", "prefix_mode": cfg.training.prefix_mode}, {}
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
+    check_split(clf, tokenised["train"], cfg.training.batch_size)  # before the cache is built: stops a run that cannot split
     cache = prepare_cache(clf, tokenised, cfg.training)
     summary = cache.summary()
     log.info("prefix cache %s at %s: %s on disk%s", cache.status, cache.path, human_bytes(cache.bytes),

@@ -8,7 +8,7 @@ import logging
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import Classifier, build_classifier, describe, fit
+from toptune.recipe import Classifier, build_classifier, check_split, describe, fit
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,9 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
     log.info("model: %s; prefix_mode=%s on %s", facts, cfg.training.prefix_mode, clf.device)
+    check = check_split(clf, tokenised["train"], cfg.training.batch_size)
+    log.info("split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
+             check["max_abs_logit_diff"], check["rows"], check["tolerance"])
     result = fit(clf, tokenised, cfg.training)
     train_history = {
         **metric_series(result.steps, "step", ["loss", "lr"]),
@@ -33,6 +36,7 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_
     }
     val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy"])
     val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
-    model_facts = metric_items({k: v for k, v in facts.items() if isinstance(v, int)})
-    summary = {"model": facts, "device": str(clf.device), **dataclasses.asdict(result)}
+    model_facts = metric_items({**{k: v for k, v in facts.items() if isinstance(v, int)},
+                                **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"}})
+    summary = {"model": facts, "device": str(clf.device), "split_check": check, **dataclasses.asdict(result)}
     return clf, clf.model, train_history, val_history, model_facts, summary
