@@ -1,4 +1,5 @@
-"""Shared fixtures: the real offline Qwen tokenizer and tiny seeded Qwen2 / Qwen3 checkpoints."""
+"""Shared fixtures: the real offline Qwen tokenizers (Qwen2/2.5/3 and Qwen3.5) and tiny seeded Qwen2 / Qwen3
+checkpoints."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen3_5_tokenizer_dir(tmp_path_factory):
+    """The Qwen3.5 / 3.6 / 3.8 tokenizer (248,044 ranks + 33 added tokens), built once per session."""
+    return build_qwen_tokenizer(tmp_path_factory.mktemp("qwen3_5-tokenizer"), family="qwen3_5")
+
+
+@pytest.fixture(scope="session")
+def qwen3_5_tokenizer(qwen3_5_tokenizer_dir):
+    return load_tokenizer(qwen3_5_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
