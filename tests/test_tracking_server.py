@@ -16,13 +16,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from test_pipeline import make_project, nested
+from test_serve import free_port
 
 from toptune.pipelines import tracking
 from toptune.pipelines.tracking import RUN_HTTP_LIMITS, TrackingServerError
@@ -35,12 +36,6 @@ ALICE = ("alice", "alice-pass-0123")
 BOB = ("bob", "bob-pass-01234")
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 QUICK = {"data.sample_rows": 120, "training.progress": False}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def script_env(**extra: str) -> dict[str, str]:
@@ -117,7 +112,7 @@ def run_in_server_env(project: Path, params: dict) -> None:
     """``kedro run --env server --pipeline data`` in this process: a real session, real kedro-mlflow."""
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env="server", runtime_params=nested(params)) as session:
-        session.run(pipeline_name="data")
+        session.run(pipeline_names=["data"])
 
 
 def server_runs(url: str) -> list:
@@ -241,6 +236,63 @@ def test_kedro_cli_prints_one_line_without_traceback(project):
     out = done.stdout + done.stderr
     assert done.returncode == 1 and "Traceback" not in out, out[-3000:]
     assert out.strip().splitlines()[-1].startswith(f"Error: MLflow tracking server {closed}: unreachable"), out[-3000:]
+
+
+class DyingRelay:
+    """A real TCP relay to the server that dies (closes its port and every open connection) once the
+    server has answered a request whose bytes hold ``trigger``: a server that goes away mid-run."""
+
+    def __init__(self, upstream_port: int, trigger: bytes):
+        self.trigger, self.upstream, self.armed, self.conns = trigger, upstream_port, threading.Event(), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_server: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if to_server and self.trigger in data:
+                    self.armed.set()
+                elif not to_server and self.armed.is_set():
+                    return self.die()
+        except OSError:
+            pass
+
+    def die(self) -> None:
+        for s in [self.listener, *self.conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_server_lost_mid_run_fails_naming_the_uri(server, project, tiny, monkeypatch):
+    # The relay dies right after the server stored the first node's artifact (label_map.json, uploaded
+    # through the server): the node's next MLflow write finds no server, and the run ends with one line.
+    relay = DyingRelay(int(server["url"].rsplit(":", 1)[1]), b"/mlflow-artifacts/artifacts/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", relay.url)
+    as_user(monkeypatch, ALICE)
+    before = {r.info.run_id for r in server_runs(server["url"])}
+    with pytest.raises(TrackingServerError) as lost:
+        run_in_server_env(project, tiny)
+    assert lost.value.message.startswith(f"MLflow tracking server {relay.url}: unreachable: connection refused")
+    (r,) = [r for r in server_runs(server["url"]) if r.info.run_id not in before]
+    assert r.info.status == "RUNNING" and "data.rows_valid" not in r.data.metrics  # it died mid-run
+    assert (project / "data/02_intermediate/label_map.json").is_file()  # the first node ran
+    assert mlflow.active_run() is None
 
 
 def test_mlflow_gives_up_after_the_bounded_retries(monkeypatch):

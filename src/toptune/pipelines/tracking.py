@@ -3,7 +3,8 @@
 MLflow's client retries a failed request 7 times with exponential back-off (minutes), and kedro-mlflow first
 talks to the server in its own ``after_context_created``. ``TrackingServerHooks`` probes the server before
 that, once, with a short timeout and no retry, and bounds MLflow's retries for the rest of the run, so a
-server that dies mid-run fails in seconds too. Every failure is one line naming the URI and the cause.
+server that dies mid-run fails in seconds too. Every failure, before the run or during it, is one line
+naming the URI and the cause.
 """
 
 from __future__ import annotations
@@ -160,10 +161,22 @@ def failure(uri: str, error: MlflowException, experiment: str) -> TrackingServer
     return TrackingServerError(f"MLflow tracking server {redact(uri)}: {cause}")
 
 
+def lost_server(error: BaseException | None) -> MlflowException | None:
+    """The MLflow error in ``error``'s chain that says the server went away or refused (None if none)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, MlflowException) and (isinstance(error.__context__, requests.RequestException)
+                                                   or error.get_http_status_code() in (401, 403)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class TrackingServerHooks:
     """Checks an http(s) tracking server before kedro-mlflow uses it, and names the URI in every failure.
 
-    Both hooks are pluggy wrappers: the code before ``yield`` runs before every plain hook of the same name
+    The hooks are pluggy wrappers: the code before ``yield`` runs before every plain hook of the same name
     (kedro-mlflow's included: pluggy calls the plugin's hooks, registered after the project's, first), and a
     failure inside kedro-mlflow's hooks comes back through ``yield``.
     """
@@ -193,6 +206,20 @@ class TrackingServerHooks:
     def before_pipeline_run(self) -> Generator[None, None, None]:
         # kedro-mlflow creates the run here: a refusal (403: another user's experiment) names the URI too.
         return (yield from self._naming_the_server())
+
+    @hook_impl(wrapper=True)
+    def on_pipeline_error(self, error: Exception) -> Generator[None, None, None]:
+        # The server went away mid-run (a node's MLflow dataset, a tag): one line naming it, not a traceback.
+        lost = lost_server(error) if self._uri is not None else None
+        try:
+            result = yield  # kedro-mlflow marks the run FAILED, and fails too when the server is gone
+        except MlflowException:
+            if lost is None:
+                raise
+            result = None
+        if lost is not None:
+            raise failure(self._uri, lost, self._experiment) from error
+        return result
 
     def _naming_the_server(self) -> Generator[None, None, None]:
         try:
