@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     # The auth app signs its sign-up form (CSRF) with this key; one per start is enough for that form.
     env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     # MLflow's GenAI job runner (a runner and 7 huey consumer processes): toptune's runs use none of it.
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") or "false"
     print(f"mlflow-server: http://127.0.0.1:{args.port} (data in {home}; stop with Ctrl-C)", flush=True)
     os.execve(sys.executable, server_command(home, args.port, args.workers), env)
 
