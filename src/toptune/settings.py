@@ -1,8 +1,9 @@
 """Kedro project settings."""
 
 from toptune.hooks import ToptuneHooks
+from toptune.pipelines.tracking import TrackingServerHooks
 
-HOOKS = (ToptuneHooks(),)
+HOOKS = (ToptuneHooks(), TrackingServerHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
