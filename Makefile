@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: run test bench venv data clean
+.PHONY: run test bench bench-scale venv data clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m toptune.benchlog.bench
+
+bench-scale: $(STAMP)
+	$(PY) -m toptune.benchlog.scale
 
 data:
 	$(PYTHON) scripts/make_reviews.py
