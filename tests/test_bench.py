@@ -217,3 +217,16 @@ def test_rss_sampler_rejects_a_slow_interval():
 def _rss_file() -> int:
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
     return int(line.split()[1]) * 1024
+
+
+def test_the_bench_package_imports_neither_kedro_nor_mlflow():
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, toptune.bench\n"
+            "for m in pkgutil.iter_modules(toptune.bench.__path__): importlib.import_module('toptune.bench.' + m.name)\n"
+            "import toptune.memory_probe\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
+            "      + ([] if 'toptune.bench.scale' in sys.modules else ['toptune.bench.scale missing']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
