@@ -88,4 +88,4 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     pred = trainer.predict(rows(data["test"]))
     shutil.rmtree(out, ignore_errors=True)
     return result_row(setup, bc, t, timer.seconds, float((pred.predictions.argmax(-1) == pred.label_ids).mean()),
-                padding_fraction=pad)
+                      padding_fraction=pad)

@@ -118,7 +118,7 @@ def run_toptune(setup: Setup, bc: BenchConfig, mode: str) -> dict:
         result = fit(clf, setup.data, bc.train_cfg(mode))
     acc = predict(clf, setup.data["test"], bc.training.eval_batch_size).accuracy
     return result_row(setup, bc, t, [e["epoch_seconds"] for e in result.epochs], acc,
-                padding_fraction=_padding(setup, bc)["padding_fraction_unbucketed"])
+                      padding_fraction=_padding(setup, bc)["padding_fraction_unbucketed"])
 
 
 def train_val(data: dict[str, Encoded]) -> dict[str, Encoded]:
