@@ -147,6 +147,9 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
                      prefix_weights_bytes=prefix_bytes(clf), padding_fraction=pad["padding_fraction_bucketed"],
                      padding_fraction_unbucketed=pad["padding_fraction_unbucketed"])
     if build.peak_device_bytes is not None:
+        if epochs_peak["bytes"] is None:
+            log.warning("bench: the score head was never called as a module in the cached epochs; "
+                        "their own peak device memory is unknown")
         row.update(peak_device_memory_bytes=max(build.peak_device_bytes, epochs.peak_device_bytes),
                    peak_device_memory_build_bytes=build.peak_device_bytes,
                    peak_device_memory_cached_epochs_bytes=epochs_peak["bytes"])
