@@ -1,7 +1,7 @@
 """The Qwen3-4B-shaped bench that ``make bench`` adds on CUDA: random bf16 weights written once, texts of
 exactly ``max_length`` tokens, HF Trainer + PEFT in bf16 against toptune's runs, the same batch.
 
-The bundled reviews are ~25 tokens; a sequence length of 256 needs longer texts. Each text here is
+The bundled reviews are ~20 tokens; a sequence length of 256 needs longer texts. Each text here is
 ``reviews_per_text`` consecutive bundled reviews joined by blank lines (a window sliding by one review,
 so up to 6,000 distinct texts), labelled as its first review, truncated to ``max_length`` tokens: every
 example is exactly ``max_length`` long, so no run gains from padding. The weights are random, so test
