@@ -1,13 +1,17 @@
 """Typed run configuration: one dataclass per parameter group of ``conf/base/parameters.yml``.
 
-Every field has a docstring and a default; ``__post_init__`` rejects bad values with a one-line
-message naming the parameter (``training.prefix_mode``, …). ``from_dict`` turns a Kedro
-``params:`` dict into the dataclass and names any unknown key.
+Every field has a docstring and a default; ``from_dict`` turns a Kedro ``params:`` dict into the
+dataclass, naming any unknown key and any value whose type is not the field's annotation (derived
+from the dataclass, so a new field needs no new check); ``__post_init__`` rejects values out of range.
+Each failure is one line naming the parameter (``training.lr``, ``model.trainable_layers``, …).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,12 +32,91 @@ def _check(ok: bool, message: str) -> None:
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, group: str) -> T:
-    """Build dataclass ``cls`` from a parameter dict, naming the first unknown key as ``group.key``."""
+    """Build dataclass ``cls`` from a parameter dict: the first unknown key or a value of the wrong type
+    fails with one line naming ``group.key``; ranges are the dataclass's own ``__post_init__`` checks."""
     values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    _check(not unknown, f"unknown parameter {group}.{unknown[0] if unknown else ''}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown parameter {group}.{unknown[0]}{hint}; known: {', '.join(sorted(known))}")
+    for name, value in values.items():
+        values[name] = typed_value(value, hints[name], f"{group}.{name}")
     return cls(**values)
+
+
+def typed_value(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the type annotation ``hint`` (an int is a float; a bool is not an int;
+    lists and tuples are lists); fails with one line naming ``key``."""
+    ok, converted = _match(value, hint)
+    if not ok:
+        raise ConfigError(f"{key}={value!r} must be {_describe(hint)}, not {_kind(value)}")
+    return converted
+
+
+def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True, value
+    if hint is type(None):
+        return value is None, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _match(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is typing.Literal:
+        return (not isinstance(value, bool) or any(isinstance(a, bool) for a in args)) and value in args, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item = args[0] if args else Any
+        matched = [_match(v, item) for v in value]
+        return all(ok for ok, _ in matched), [v for _, v in matched]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False, value
+        k_hint, v_hint = args or (Any, Any)
+        out = {}
+        for k, v in value.items():
+            (k_ok, k_val), (v_ok, v_val) = _match(k, k_hint), _match(v, v_hint)
+            if not (k_ok and v_ok):
+                return False, value
+            out[k_val] = v_val
+        return True, out
+    return True, value  # a type this checker does not know: left to __post_init__
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple) or hint in (list, tuple):
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "bools"}
+        return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "null",
+            list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -58,7 +141,13 @@ class DataConfig:
     """Rows with an empty / NaN text cell, a NaN label or a non-string text cell: ``drop`` (counted,
     logged) or ``error`` (fail naming the first bad row and column)."""
     sample_rows: int | None = None
-    """Use only the first N valid rows (quick runs, tests); None = all."""
+    """Use about N valid rows (quick runs, tests): the first N / classes of each class (at least
+    ``min_class_rows``); the rest is counted as ``dropped_sample_rows``. None = all."""
+    min_text_tokens: int = 4
+    """A text cut by ``training.max_length`` to fewer tokens than this is near-empty; when more than
+    ``short_text_share`` of a split is, the run warns (log + MLflow tag ``warning.short_texts``)."""
+    short_text_share: float = 0.1
+    """Share of a split's rows cut to near-empty (see ``min_text_tokens``) above which the run warns."""
 
     def __post_init__(self) -> None:
         _check("{" in self.text_template, "data.text_template must name at least one {column}")
@@ -70,6 +159,8 @@ class DataConfig:
         _check(self.min_class_rows >= 3, f"data.min_class_rows={self.min_class_rows} must be >= 3 (one row per split)")
         _check(self.bad_rows in ("drop", "error"), f"data.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
         _check(self.sample_rows is None or self.sample_rows > 0, "data.sample_rows must be > 0 or null")
+        _check(self.min_text_tokens >= 1, f"data.min_text_tokens={self.min_text_tokens} must be >= 1")
+        _check(0 <= self.short_text_share < 1, f"data.short_text_share={self.short_text_share} must be in [0, 1)")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Kedro project settings."""
 
 from toptune.hooks import ToptuneHooks
+from toptune.pipelines.guards import GuardHooks
 
-HOOKS = (ToptuneHooks(),)
+HOOKS = (ToptuneHooks(), GuardHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
