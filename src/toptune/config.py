@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from toptune.typecheck import describe_type, describe_value, match_type
 
 T = TypeVar("T")
 
@@ -43,80 +44,9 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, group: str) -> T:
         hint = f" (did you mean {group}.{close[0]}?)" if close else ""
         raise ConfigError(f"unknown parameter {group}.{unknown[0]}{hint}; known: {', '.join(sorted(known))}")
     for name, value in values.items():
-        values[name] = typed_value(value, hints[name], f"{group}.{name}")
+        ok, values[name] = match_type(value, hints[name])
+        _check(ok, f"{group}.{name}={value!r} must be {describe_type(hints[name])}, not {describe_value(value)}")
     return cls(**values)
-
-
-def typed_value(value: Any, hint: Any, key: str) -> Any:
-    """``value`` checked against the type annotation ``hint`` (an int is a float; a bool is not an int;
-    lists and tuples are lists); fails with one line naming ``key``."""
-    ok, converted = _match(value, hint)
-    if not ok:
-        raise ConfigError(f"{key}={value!r} must be {_describe(hint)}, not {_kind(value)}")
-    return converted
-
-
-def _match(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any or hint is object:
-        return True, value
-    if hint is type(None):
-        return value is None, value
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            ok, converted = _match(value, arg)
-            if ok:
-                return True, converted
-        return False, value
-    if origin is typing.Literal:
-        return (not isinstance(value, bool) or any(isinstance(a, bool) for a in args)) and value in args, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if hint is str:
-        return isinstance(value, str), value
-    if origin in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        item = args[0] if args else Any
-        matched = [_match(v, item) for v in value]
-        return all(ok for ok, _ in matched), [v for _, v in matched]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            return False, value
-        k_hint, v_hint = args or (Any, Any)
-        out = {}
-        for k, v in value.items():
-            (k_ok, k_val), (v_ok, v_val) = _match(k, k_hint), _match(v, v_hint)
-            if not (k_ok and v_ok):
-                return False, value
-            out[k_val] = v_val
-        return True, out
-    return True, value  # a type this checker does not know: left to __post_init__
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (list, tuple) or hint in (list, tuple):
-        plural = {int: "integers", float: "numbers", str: "strings", bool: "bools"}
-        return f"a list of {plural.get(args[0], _describe(args[0]))}" if args else "a list"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "null",
-            list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
 @dataclass
