@@ -361,6 +361,17 @@ def test_catalog_holds_no_pickle():
     assert "TokenisedDataset" in " ".join(types)
 
 
+def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
+    from toptune.datasets import TokenisedDataset
+
+    splits = {"train": encode(["one two three four", "five"], tokenizer, 3, labels=[0, 1], ids=["a", "b"]),
+              "val": encode(["six seven"], tokenizer, 3, labels=[1], ids=["c"])}
+    ds = TokenisedDataset(str(tmp_path / "tokenised"))
+    ds.save(splits)
+    assert sorted(p.name for p in (tmp_path / "tokenised").iterdir()) == ["train.parquet", "val.parquet"]
+    assert ds.load() == splits and splits["train"].truncated == 1
+
+
 # --- 8. faults leave no debris; one run at a time --------------------------------------------------
 
 
