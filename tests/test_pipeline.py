@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def make_project(dest: Path) -> Path:
     """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
+    # An absolute store: MLflow caches one engine per URI, and a relative sqlite URI would follow the first
+    # test project's working directory for the rest of this (long-lived) process.
+    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{dest / 'mlflow.db'}"))
     (dest / "data" / "01_raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
     shutil.copy(ROOT / "pyproject.toml", dest)
@@ -70,7 +75,9 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/training_curves.png"}
-    assert json.loads((project / "data/06_models/training_run.json").read_text())["run_id"] == r.info.run_id
+    bundle = json.loads((project / "data/06_models/adapter/toptune.json").read_text())
+    assert bundle["mlflow_run_id"] == r.info.run_id and bundle["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert r.data.tags["toptune.pid"] == str(os.getpid()) and r.data.metrics["data.dropped_sample_rows"] > 0
 
     # `inspect` on the same model, data and parameters: its own MLflow run, the report and its PNGs.
     run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3), "inspect.modes": ["lora_all", "topk_no_grad"]}, "inspect")

@@ -1,9 +1,10 @@
 """Kedro project settings."""
 
 from toptune.hooks import ToptuneHooks
+from toptune.pipelines.guards import GuardHooks
 from toptune.pipelines.tracking import TrackingServerHooks
 
-HOOKS = (ToptuneHooks(), TrackingServerHooks())
+HOOKS = (ToptuneHooks(), GuardHooks(), TrackingServerHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
