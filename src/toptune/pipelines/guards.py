@@ -29,7 +29,7 @@ from toptune.datasets import commit_pending, discard_pending
 from toptune.debris import clear_debris, hostname, pid_alive
 from toptune.export import ExportConfig
 from toptune.health import short_text_warnings, training_warnings
-from toptune.inspect import InspectConfig
+from toptune.memory import InspectConfig
 from toptune.lock import ProjectLock, takes_lock
 from toptune.serve import PredictConfig
 
