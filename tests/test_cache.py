@@ -41,6 +41,12 @@ def data(tokenizer) -> dict[str, Encoded]:
     return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
 
 
+def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:
+    """(Σ lengths, D): every stored state of split ``name``, example by example in split order."""
+    b = cache.split(name, enc).gather(np.arange(len(enc)))
+    return b["hidden"][b["attention_mask"].bool()]
+
+
 def config(tmp_path, **kw) -> TrainingConfig:
     return TrainingConfig(**{"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
                              "cache_dir": str(tmp_path / "cache"), "progress": False, "log_every": 1, **kw})
@@ -63,14 +69,14 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
     assert again.status == "reused"
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}, "a reuse rewrote files"
     for name in data:
-        assert torch.equal(again.hidden[name], built.hidden[name])
-        np.testing.assert_array_equal(again.lengths[name], data[name].lengths())
+        assert torch.equal(stored_rows(again, name, data[name]), stored_rows(built, name, data[name]))
+        np.testing.assert_array_equal(again.lengths(name), data[name].lengths())
     # Stored rows are the live prefix's hidden states of each example, unpadded.
     enc = data["val"]
     b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
     live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first)
     rows = live[b["attention_mask"].bool()]
-    torch.testing.assert_close(again.hidden["val"], rows, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stored_rows(again, "val", enc), rows, atol=1e-5, rtol=0)
 
 
 def variants(clf, data, cfg, tiny_qwen3, tokenizer):
@@ -109,13 +115,13 @@ def test_each_fingerprint_field_invalidates(tiny_qwen3, tokenizer, data, tmp_pat
 
 def corrupt(path: Path, kind: str) -> str:
     """Damage the cache at ``path``; returns a pattern of the message that must name the damage."""
-    shard = sorted(path.glob("train-*.safetensors"))[0]
+    shard = sorted(path.glob("train-*.bin"))[0]
     if kind == "truncated":
         shard.write_bytes(shard.read_bytes()[:-100])
         return "truncated"
     if kind == "bit_flip":
         raw = bytearray(shard.read_bytes())
-        raw[-7] ^= 0x01  # inside the hidden states: same size, wrong values
+        raw[len(raw) // 2] ^= 0x01  # inside the hidden states: same size, wrong values
         shard.write_bytes(bytes(raw))
         return "checksum"
     if kind == "missing_shard":
@@ -143,7 +149,7 @@ def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, ca
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
     assert load_cache(cfg.cache_dir, good.fingerprint).status == "reused"
     for name in data:
-        assert torch.equal(rebuilt.hidden[name], good.hidden[name])
+        assert torch.equal(stored_rows(rebuilt, name, data[name]), stored_rows(good, name, data[name]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,7 +198,8 @@ def test_bfloat16_cache_is_half_the_size_and_close(tiny_qwen3, data, tmp_path):
     clf = classifier(tiny_qwen3)
     full = prepare_cache(clf, data, config(tmp_path))
     half = prepare_cache(clf, data, config(tmp_path / "bf16", cache_dtype="bfloat16"))
-    assert half.hidden["train"].dtype == torch.bfloat16 and half.fingerprint["dtype"] == "bfloat16"
+    assert half.storage_dtype == torch.bfloat16 and half.fingerprint["dtype"] == "bfloat16"
+    assert half.split("train", data["train"]).shards[0].dtype == torch.bfloat16
     assert half.bytes < 0.6 * full.bytes
     a = predict_cached(clf, full, "val", data["val"], 16).logits
     b = predict_cached(clf, half, "val", data["val"], 16).logits

@@ -34,6 +34,14 @@ def run_tags(pipeline_name: str | None) -> dict[str, str]:
             "transformers_version": transformers.__version__, "peft_version": peft.__version__, "device": device}
 
 
+def prefix_mode_tags(summary: dict) -> dict[str, str]:
+    """Tags saying which prefix mode the run trained in (``auto`` resolved) and, for ``auto``, why."""
+    tags = {"prefix_mode": str(summary.get("prefix_mode", ""))}
+    if "prefix_mode_reason" in summary:
+        tags["prefix_mode_reason"] = str(summary["prefix_mode_reason"])[:5000]
+    return tags
+
+
 class ToptuneHooks:
     """Tags the active MLflow run (opened by kedro-mlflow) and remembers the training run."""
 
@@ -55,7 +63,9 @@ class ToptuneHooks:
             self._tagged = True
 
     @hook_impl
-    def after_node_run(self, node) -> None:
+    def after_node_run(self, node, outputs: dict) -> None:
+        if node.name == "build_prefix_cache" and mlflow.active_run() is not None:
+            mlflow.set_tags(prefix_mode_tags(outputs.get("prefix_cache") or {}))
         if node.name == "train_model" and mlflow.active_run() is not None:
             TRAINING_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
             TRAINING_RUN_FILE.write_text(json.dumps({"run_id": mlflow.active_run().info.run_id}))
