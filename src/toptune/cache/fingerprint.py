@@ -23,7 +23,7 @@ from toptune.precision import DTYPES, weights_dtype
 CACHE_FORMAT = 2
 """Version of the on-disk layout (2: raw shards streamed to disk, read through memory maps); a
 cache of another version is rebuilt."""
-_DATA_CHUNK = 4096
+_DATA_CHUNK = 1024
 """Examples hashed per update: the data hash never holds more than this many examples' ids."""
 
 # Config keys that do not change the prefix's output (labels only name the score head's rows).
@@ -56,14 +56,15 @@ def model_weights_hash(model: nn.Module, first: int) -> str:
 
 
 def tokenizer_hash(tokenizer) -> str:
-    """sha256 of the tokenizer's definition: its ``tokenizer.json`` file when loaded from a local
-    directory (vocabulary, merges, normaliser, pre-tokeniser: ~10 ms), else the serialised backend
+    """sha256 of the tokenizer's definition: its ``tokenizer.json`` file's digest when loaded from a
+    local directory (vocabulary, merges, normaliser, pre-tokeniser: ~10 ms), else the serialised backend
     (~0.5 s for Qwen's 151k tokens); plus what can change in memory (added tokens, size, pad token)."""
     h = hashlib.sha256()
     file = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer.json"
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if file.is_file():
-        h.update(file.read_bytes())
+        with open(file, "rb") as f:  # streamed: Qwen's file is ~11-19 MB
+            h.update(hashlib.file_digest(f, "sha256").digest())
     elif backend is not None:
         h.update(backend.to_str().encode())
     else:
@@ -82,7 +83,8 @@ def data_hash(data: dict[str, Encoded]) -> str:
         h.update(enc.lengths().tobytes())
         for i in range(0, len(enc), _DATA_CHUNK):
             ids = enc.input_ids[i : i + _DATA_CHUNK]
-            h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64).tobytes())
+            n = sum(len(x) for x in ids)
+            h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64, count=n).data)
     return h.hexdigest()
 
 
