@@ -72,7 +72,7 @@ def build_shard(clf, enc: Encoded, job: ShardJob, directory: Path, dtype: torch.
     lengths = enc.lengths()[job.examples]  # (n,) longest first
     index = np.stack([job.examples, lengths, np.zeros_like(lengths)], axis=1)  # (n, 3): example, length, pooled
     dim = backbone(clf.model).config.hidden_size
-    with AtomicFile(directory / files_of(job)["hidden"]) as out:
+    with AtomicFile(directory / files_of(job, fp_key)["hidden"]) as out:
         i = 0
         while i < len(job.examples):
             take = slice(i, i + max(1, batch_tokens // max(int(lengths[i]), 1)))
@@ -88,7 +88,7 @@ def build_shard(clf, enc: Encoded, job: ShardJob, directory: Path, dtype: torch.
                 on_batch(len(lengths[take]))
         out.write(torch.zeros(1, dim, dtype=dtype).view(torch.uint8).numpy())  # the padding row
         hidden_entry = out.commit()
-    index_entry = write_index(directory / files_of(job)["index"], index)
+    index_entry = write_index(directory / files_of(job, fp_key)["index"], index)
     return write_receipt(directory, job, fp_key, {"hidden": hidden_entry, "index": index_entry})
 
 

@@ -4,16 +4,17 @@ One cache per directory::
 
     manifest.json              written last, once every shard is complete: fingerprint, dtype, hidden
                                size, byte order, per split the shards (files, sizes, sha256)
-    <split>-00000.bin          raw little-endian (tokens + 1, D) in the storage dtype (bf16 as its
+    <split>-00000-<key>.bin    raw little-endian (tokens + 1, D) in the storage dtype (bf16 as its
                                16 bits): the shard's examples back to back, then one zero row (padding)
-    <split>-00000.index.npy    (examples, 3) int64 per example in storage order: position in the
+    <split>-00000-<key>.index.npy  (examples, 3) int64 per example in storage order: position in the
                                split, length, pooling position
-    <split>-00000.done.json    the shard's receipt: fingerprint key, job signature, sizes, sha256
+    <split>-00000-<key>.done.json  the shard's receipt: fingerprint key, job signature, sizes, sha256
 
-Every file is written to ``.<name>.tmp-<host>-<pid>``, fsynced and renamed, so a name on disk
-always holds complete bytes; a receipt is written after its shard's files, so it marks a complete
-shard. A rerun resumes from shards whose receipt matches (same fingerprint, same job, files
-intact) and the manifest alone makes a cache usable.
+``<key>`` is the first 16 hex digits of the fingerprint's sha256, so builds of different data never
+write to one name. Every file is written to ``.<name>.tmp-<host>-<pid>``, fsynced and renamed, so
+a name on disk always holds complete bytes; a receipt is written after its shard's files, so it
+marks a complete shard. A rerun resumes from shards whose receipt matches (same fingerprint, same
+job, files intact), and only the manifest makes a cache usable.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprin
 from toptune.cache.plan import ShardJob
 
 MANIFEST = "manifest.json"
-_OURS = re.compile(r"^[\w.]+-\d{5}\.(bin|index\.npy|done\.json|safetensors)$")
+_OURS = re.compile(r"^[\w.]+-\d{5}(-[0-9a-f]{16})?\.(bin|index\.npy|done\.json|safetensors)$")
 _TEMP = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
 
 
@@ -52,8 +53,11 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def files_of(job: ShardJob) -> dict[str, str]:
-    return {"hidden": f"{job.name}.bin", "index": f"{job.name}.index.npy", "receipt": f"{job.name}.done.json"}
+def files_of(job: ShardJob, fp_key: str) -> dict[str, str]:
+    """A shard's file names. They carry the fingerprint key: two builds of different data in one
+    directory never write to the same name (the later one removes the other's files instead)."""
+    stem = f"{job.name}-{fp_key}"
+    return {"hidden": f"{stem}.bin", "index": f"{stem}.index.npy", "receipt": f"{stem}.done.json"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,18 +150,19 @@ def check_file(directory: Path, file: str, entry: dict, verify: bool) -> None:
 def write_receipt(directory: Path, job: ShardJob, fp_key: str, files: dict[str, dict]) -> dict:
     receipt = {"fingerprint": fp_key, "job": job.signature(), "split": job.split, "index": job.index,
                "examples": len(job.examples), "tokens": job.tokens, "files": files}
-    write_atomic(directory / files_of(job)["receipt"], json.dumps(receipt).encode())
+    write_atomic(directory / files_of(job, fp_key)["receipt"], json.dumps(receipt).encode())
     return receipt
 
 
 def read_receipt(directory: Path, job: ShardJob, fp_key: str, verify: bool = True) -> dict | None:
     """The job's receipt when the shard on disk is complete, of this fingerprint and job, and intact; else None."""
     try:
-        receipt = json.loads((directory / files_of(job)["receipt"]).read_text())
+        names = files_of(job, fp_key)
+        receipt = json.loads((directory / names["receipt"]).read_text())
         if receipt["fingerprint"] != fp_key or receipt["job"] != job.signature():
             return None
         for kind in ("hidden", "index"):
-            check_file(directory, files_of(job)[kind], receipt["files"][kind], verify)
+            check_file(directory, names[kind], receipt["files"][kind], verify)
         return receipt
     except (OSError, ValueError, KeyError, TypeError, CacheInvalid):
         return None
@@ -178,8 +183,8 @@ def remove_leftovers(directory: Path, fp_key: str, plan: list[ShardJob]) -> list
     host, receipts of another fingerprint or job and their shards, shard files the plan does not
     name (another plan, the older format). Live processes' temp files and this plan's shards stay."""
     host, removed = socket.gethostname(), []
-    jobs = {files_of(j)["receipt"]: j for j in plan}
-    names = {f for j in plan for f in files_of(j).values()}
+    jobs = {files_of(j, fp_key)["receipt"]: j for j in plan}
+    names = {f for j in plan for f in files_of(j, fp_key).values()}
     for f in sorted(directory.iterdir()) if directory.is_dir() else []:
         m = _TEMP.match(f.name)
         if m and m["host"] == host and not _pid_alive(int(m["pid"])):
@@ -226,7 +231,7 @@ def write_manifest(directory: Path, fp: dict, plan: list[ShardJob], meta: dict) 
         sp["examples"] += len(job.examples)
         sp["tokens"] += job.tokens
         sp["shards"].append({"name": job.name, "examples": len(job.examples), "tokens": job.tokens,
-                             **{kind: {"file": files_of(job)[kind], **receipt["files"][kind]} for kind in ("hidden", "index")}})
+                             **{kind: {"file": files_of(job, key)[kind], **receipt["files"][kind]} for kind in ("hidden", "index")}})
     shard_bytes = sum(s[k]["bytes"] for sp in splits.values() for s in sp["shards"] for k in ("hidden", "index"))
     manifest = {"format": CACHE_FORMAT, "fingerprint": fp, **meta, "byteorder": sys.byteorder,
                 "splits": splits, "shard_bytes": shard_bytes}
