@@ -276,7 +276,7 @@ import json, sys
 import pandas as pd
 from test_cache import ROOT, config
 from test_cache_store import anon_growth
-from test_prefix import classifier
+from test_prefix import ID2LABEL, classifier
 from toptune.cache import fit_cached, prepare_cache
 from toptune.config import DataConfig
 from toptune.data import Encoded, encode, prepare_table

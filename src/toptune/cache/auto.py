@@ -25,7 +25,8 @@ import torch
 from toptune.cache.build import disk_free, row_bytes
 from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
-from toptune.cache.store import cache_files, human_bytes, temp_path
+from toptune.cache.atomic import temp_path
+from toptune.cache.store import cache_files, human_bytes
 from toptune.config import TrainingConfig
 from toptune.data import Encoded, batch_indices, collate
 from toptune.train import autocast

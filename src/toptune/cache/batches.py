@@ -135,11 +135,13 @@ _DONE = object()
 
 
 def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
-               depth: int = PREFETCH_BATCHES) -> Iterator[Batch]:
+               depth: int = PREFETCH_BATCHES, device: torch.device | None = None) -> Iterator[Batch]:
     """``make(item)`` for each item, computed by a background thread up to ``depth`` items ahead.
 
     The thread's exceptions re-raise here; when the consumer stops early (``break``, an exception,
     the generator closed or collected) the thread is told to stop and joined, never left blocked.
+    On CUDA the thread works on ``device`` (a new thread starts on GPU 0: pinned allocations there
+    would open a context on it in every process of a multi-GPU run).
     """
     q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
@@ -155,6 +157,8 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
 
     def work() -> None:
         try:
+            if device is not None and device.type == "cuda":
+                torch.cuda.set_device(device)
             for item in items:
                 if stop.is_set() or not put((make(item), None)):
                     return
@@ -185,7 +189,7 @@ def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int
 
     def gen(epoch: int) -> Iterator[Batch]:
         order = epoch_indices(split, batch_size, shuffle, seed + epoch, bucket)
-        for b in prefetched(lambda idx: split.gather(idx, pin), order, depth):
+        for b in prefetched(lambda idx: split.gather(idx, pin), order, depth, device):
             yield split.to_device(b, device)
 
     return gen

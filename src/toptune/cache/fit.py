@@ -96,7 +96,7 @@ def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size:
     split = cache.split(name, enc)
     idx = epoch_indices(split, batch_size, False, 0, bucket)
     pin = clf.device.type == "cuda"
-    with prefix_offloaded(clf), contextlib.closing(prefetched(lambda i: split.gather(i, pin), idx)) as ahead:
+    with prefix_offloaded(clf), contextlib.closing(prefetched(lambda i: split.gather(i, pin), idx, device=clf.device)) as ahead:
         batches = (split.to_device(b, clf.device) for b in ahead)
         ev = run_eval(clf.model, batches, cached_logits(clf.model, clf.first), clf.device)
     order = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)

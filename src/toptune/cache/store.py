@@ -1,4 +1,4 @@
-"""The cache on disk: atomic shard files, per-shard receipts, clean-up, the manifest, validation.
+"""The cache on disk: its layout, per-shard receipts, clean-up, the manifest, validation.
 
 One cache per directory::
 
@@ -27,8 +27,7 @@ import socket
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from toptune.cache.atomic import write_atomic
 from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprint_key
 from toptune.cache.plan import ShardJob
 
@@ -58,74 +57,6 @@ def files_of(job: ShardJob, fp_key: str) -> dict[str, str]:
     directory never write to the same name (the later one removes the other's files instead)."""
     stem = f"{job.name}-{fp_key}"
     return {"hidden": f"{stem}.bin", "index": f"{stem}.index.npy", "receipt": f"{stem}.done.json"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing: temp name, fsync, rename
-# --------------------------------------------------------------------------------------------------
-
-
-def temp_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class AtomicFile:
-    """A file written under a temporary name, hashed as it is written, fsynced and renamed into
-    place by :meth:`commit`; removed on :meth:`abort` (or an exception inside ``with``)."""
-
-    def __init__(self, final: Path):
-        self.final, self.tmp = Path(final), temp_path(Path(final))
-        self._f = open(self.tmp, "wb")
-        self._sha = hashlib.sha256()
-        self.bytes = 0
-
-    def write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        self._f.write(view)
-        self._sha.update(view)
-        self.bytes += view.nbytes
-
-    def commit(self) -> dict:
-        """Flush, fsync, rename; returns ``{"bytes", "sha256"}`` of the file."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-        return {"bytes": self.bytes, "sha256": self._sha.hexdigest()}
-
-    def abort(self) -> None:
-        self._f.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is not None or not self._f.closed:
-            self.abort()
-
-
-def write_atomic(final: Path, data: bytes) -> dict:
-    with AtomicFile(final) as f:
-        f.write(data)
-        return f.commit()
-
-
-def write_index(final: Path, index: np.ndarray) -> dict:
-    """The shard's (examples, 3) int64 index as ``.npy``, atomically."""
-    with AtomicFile(final) as f:
-        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(index))
-        f.write(np.ascontiguousarray(index, dtype="<i8").tobytes())
-        return f.commit()
 
 
 # --------------------------------------------------------------------------------------------------
