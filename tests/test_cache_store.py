@@ -301,8 +301,8 @@ def test_anonymous_memory_does_not_grow_with_rows(tmp_path, tokenizer_dir):
     process: a process that ran other tests holds freed memory whose reuse would blur a few MiB.
 
     What is compared is the peak above the start of each phase. Besides the O(rows) index arrays,
-    the allocator keeps some freed batch buffers for reuse; they are bounded by a few batches, so
-    over 250 steps they stay a small share of what 3,500 more rows add to the cache."""
+    the allocator keeps some freed batch buffers for reuse: bounded by a few batches (flat from
+    2,000 to 16,000 rows when measured), a small share of what 3,500 more rows add to the cache."""
     spec = TinyQwenSpec(model_type="qwen3", num_layers=2, hidden_size=128, intermediate_size=128, num_heads=4,
                         num_kv_heads=2, head_dim=32)
     checkpoint = write_tiny_qwen(tmp_path / "wide", spec, tokenizer_dir)
@@ -318,8 +318,10 @@ def test_anonymous_memory_does_not_grow_with_rows(tmp_path, tokenizer_dir):
     print(f"rows 500 → 4000: cache {small['cache_bytes']} → {large['cache_bytes']} bytes; peak anon growth "
           f"build {small['build']} → {large['build']}, training {small['train']} → {large['train']}")
     assert grown > 30 * 2**20, "the cache grows 8x, by tens of MiB"
-    assert large["build"] - small["build"] < 0.2 * grown, "building holds a batch, not a shard or the split"
-    assert large["train"] - small["train"] < 0.2 * grown, "training reads through memory maps, not a copy"
+    # A copy of the cache in memory would grow by `grown` (the old loader: twice); allocator noise
+    # measured here is up to ~5 MB either way.
+    assert large["build"] - small["build"] < 0.25 * grown, "building holds a batch, not a shard or the split"
+    assert large["train"] - small["train"] < 0.25 * grown, "training reads through memory maps, not a copy"
 
 
 # ---------------------------------------------------------------------------------------------------
