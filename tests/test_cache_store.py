@@ -342,3 +342,5 @@ def test_auto_measures_both_rates_and_applies_its_rules(tiny_qwen3, data, tmp_pa
     full = choose_prefix_mode(clf, data, config(tmp_path, prefix_mode="auto", epochs=3), free_bytes=lambda d: 0)
     assert full.mode == "no_grad" and "needs" in full.reason and full.read_tokens_per_second == 0
     assert not [p for p in (tmp_path / "cache").iterdir()], "the read probe is removed"
+    with pytest.raises(CacheInvalid, match="no cache at"):  # an empty directory is no cache, not a broken one
+        load_cache(tmp_path / "cache", fingerprint(clf, data, config(tmp_path)))

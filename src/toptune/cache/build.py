@@ -185,10 +185,10 @@ def prepare_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str 
             if name not in cache.manifest["splits"] or not np.array_equal(cache.lengths(name), enc.lengths()):
                 raise CacheInvalid(f"split {name} disagrees with the data")
     except CacheInvalid as e:
-        if path.exists():
-            log.warning("prefix cache at %s is not usable: %s; rebuilding", path, e)
-        else:
+        if str(e).startswith("no cache at"):
             log.info("no prefix cache at %s yet; building it", path)
+        else:
+            log.warning("prefix cache at %s is not usable: %s; rebuilding", path, e)
         return build_cache(clf, data, cfg, path, fp, progress, reason=str(e))
     log.info("prefix cache at %s reused (%s, fingerprint matches)", path, human_bytes(cache.bytes))
     return cache

@@ -175,8 +175,8 @@ def read_manifest(directory: Path, fp: dict) -> dict:
     saying why (no cache, incomplete build, unreadable, other format, stale field(s))."""
     file = directory / MANIFEST
     if not file.is_file():
-        raise CacheInvalid(f"no cache at {directory}" if not directory.exists()
-                           else f"{directory} has no {MANIFEST} (incomplete build)")
+        raise CacheInvalid(f"{directory} has no {MANIFEST} (incomplete build)" if cache_files(directory)
+                           else f"no cache at {directory}")
     try:
         manifest = json.loads(file.read_text())
         stored_fp, _ = manifest["fingerprint"], manifest["splits"]
