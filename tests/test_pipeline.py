@@ -71,6 +71,10 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(r.info.run_id, "train.loss")) >= 1
     assert r.data.tags["pipeline"] == "__default__" and r.data.tags["torch_version"].startswith("2.13")
+    # training.prefix_mode: auto (the default) says what it chose and why, with both measured rates.
+    assert r.data.params["training.prefix_mode"] == "auto" and r.data.tags["prefix_mode"] == "no_grad"
+    assert r.data.tags["prefix_mode_reason"].startswith("1 epoch") and "tokens/s" in r.data.tags["prefix_mode_reason"]
+    assert r.data.metrics["cache.compute_tokens_per_second"] > 0 and r.data.metrics["cache.used"] == 0
     arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}

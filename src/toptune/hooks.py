@@ -28,6 +28,14 @@ def run_tags(pipeline_name: str | None) -> dict[str, str]:
             "transformers_version": transformers.__version__, "peft_version": peft.__version__, "device": device}
 
 
+def prefix_mode_tags(summary: dict) -> dict[str, str]:
+    """Tags saying which prefix mode the run trained in (``auto`` resolved) and, for ``auto``, why."""
+    tags = {"prefix_mode": str(summary.get("prefix_mode", ""))}
+    if "prefix_mode_reason" in summary:
+        tags["prefix_mode_reason"] = str(summary["prefix_mode_reason"])[:5000]
+    return tags
+
+
 class ToptuneHooks:
     """Tags the active MLflow run (opened by kedro-mlflow)."""
 
@@ -47,3 +55,8 @@ class ToptuneHooks:
         if not self._tagged and mlflow.active_run() is not None:
             mlflow.set_tags(run_tags(self._pipeline_name))
             self._tagged = True
+
+    @hook_impl
+    def after_node_run(self, node, outputs: dict) -> None:
+        if node.name == "build_prefix_cache" and mlflow.active_run() is not None:
+            mlflow.set_tags(prefix_mode_tags(outputs.get("prefix_cache") or {}))

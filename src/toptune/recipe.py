@@ -17,6 +17,7 @@ from toptune.adapters import add_adapters, param_counts
 from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data import Encoded
 from toptune.model import decoder_layers, load_classifier
+from toptune.precision import resolve_dtype, trainable_in_fp32
 from toptune.split.check import split_check
 from toptune.tiny import ensure_tiny_qwen
 from toptune.tokenizer import load_tokenizer
@@ -62,11 +63,10 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
     """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks."""
     path = resolve_model_path(model_cfg.name_or_path)
     tok = tokenizer or load_tokenizer(path)
-    dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
-    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=dtype)
-    layers = model_cfg.layer_indices(len(decoder_layers(model)))
     dev = resolve_device(device)
-    peft_model = add_adapters(model, lora, layers).to(dev)
+    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
+    layers = model_cfg.layer_indices(len(decoder_layers(model)))
+    peft_model = trainable_in_fp32(add_adapters(model, lora, layers)).to(dev)
     return Classifier(peft_model, tok, layers, dev)
 
 
@@ -82,7 +82,12 @@ def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
 
 
 def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> TrainResult:
-    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``."""
+    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``
+    (``auto`` resolved here unless the caller already did)."""
+    if cfg.prefix_mode == "auto":
+        from toptune.cache import resolve_prefix_mode
+
+        cfg, _ = resolve_prefix_mode(clf, data, cfg)
     if cfg.prefix_mode == "cache":
         from toptune.cache import fit_cached
 

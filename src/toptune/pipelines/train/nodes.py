@@ -30,9 +30,11 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_
                 training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
     """Train; returns the classifier (in memory), its PEFT model (bundled as the adapter), MLflow metric
     histories (training by step/epoch, validation by epoch, model facts) and the run summary.
-    ``prefix_cache`` (the cache node's summary) only orders this node after the cache build, whose
-    fingerprinted cache ``fit`` then reuses in ``cache`` mode."""
+    ``prefix_cache`` (the cache node's summary) orders this node after the cache build, whose
+    fingerprinted cache ``fit`` then reuses in ``cache`` mode, and says what ``auto`` resolved to."""
     cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
+    if cfg.training.prefix_mode == "auto":  # decided once, by the cache node (fit decides if it did not)
+        cfg.training = dataclasses.replace(cfg.training, prefix_mode=prefix_cache.get("prefix_mode", "auto"))
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
@@ -50,7 +52,8 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_
     val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
     model_facts = metric_items({**{k: v for k, v in facts.items() if isinstance(v, int)},
                                 **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"}})
-    summary = {"model": facts, "device": str(clf.device), "split_check": check, **dataclasses.asdict(result)}
+    summary = {"model": facts, "device": str(clf.device), "prefix_mode": cfg.training.prefix_mode,
+               "split_check": check, **dataclasses.asdict(result)}
     return clf, clf.model, train_history, val_history, model_facts, summary
 
 
