@@ -344,3 +344,18 @@ def test_auto_measures_both_rates_and_applies_its_rules(tiny_qwen3, data, tmp_pa
     assert not [p for p in (tmp_path / "cache").iterdir()], "the read probe is removed"
     with pytest.raises(CacheInvalid, match="no cache at"):  # an empty directory is no cache, not a broken one
         load_cache(tmp_path / "cache", fingerprint(clf, data, config(tmp_path)))
+
+
+def test_device_digest_names_the_bits():
+    """The digest a GPU build hashes its prefix weights with (run here on the CPU: the same function)."""
+    from toptune.cache.fingerprint import device_digest
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1000, 7, generator=g).to(torch.bfloat16)  # 14,000 bytes: not a multiple of 4 words' worth
+    assert device_digest(w) == device_digest(w.clone())
+    flipped = w.clone()
+    flipped.view(torch.int16)[123, 4] ^= 1  # one bit
+    swapped = w.clone()
+    swapped[[0, 1]] = w[[1, 0]]  # same values, other places
+    digests = {device_digest(x) for x in (w, flipped, swapped, w[:999], torch.zeros_like(w))}
+    assert len(digests) == 5

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import shutil
 import time
@@ -48,6 +49,7 @@ class timed:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             if self.peak:
+                gc.collect()  # earlier runs' models (reference cycles) must not count in this run's peak
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(self.device)
         self.t0 = time.perf_counter()

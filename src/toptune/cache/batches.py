@@ -145,6 +145,9 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
     """
     q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     stop = threading.Event()
+    # Resolved here, in the caller's thread: a bare ``cuda`` means the caller's current GPU.
+    gpu = (device.index if device.index is not None else torch.cuda.current_device()) \
+        if device is not None and device.type == "cuda" else None
 
     def put(entry) -> bool:
         while not stop.is_set():
@@ -157,8 +160,8 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
 
     def work() -> None:
         try:
-            if device is not None and device.type == "cuda":
-                torch.cuda.set_device(device)
+            if gpu is not None:
+                torch.cuda.set_device(gpu)
             for item in items:
                 if stop.is_set() or not put((make(item), None)):
                     return

@@ -54,14 +54,18 @@ def prefix_offloaded(clf):
         yield 0
         return
     modules = prefix_modules(clf)
+    # Into pinned host memory with non-blocking copies: for a 4B model's 6.7 GiB prefix, ~0.5 s each way
+    # where ``module.to("cpu")`` (pageable memory) took ~5 s.
     for m in modules:
-        m.to("cpu")
+        m._apply(lambda t: torch.empty_like(t, device="cpu", pin_memory=True).copy_(t, non_blocking=True))
+    torch.cuda.synchronize(clf.device)
     torch.cuda.empty_cache()
     try:
         yield prefix_bytes(clf)
     finally:
         for m in modules:
-            m.to(clf.device)
+            m._apply(lambda t: t.to(clf.device, non_blocking=True))
+        torch.cuda.synchronize(clf.device)
 
 
 def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: PrefixCache | None = None,
