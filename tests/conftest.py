@@ -4,6 +4,8 @@ checkpoints."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from toptune.tiny import TinyQwenSpec, write_tiny_qwen  # noqa: E402
 from toptune.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_project(dest: Path) -> Path:
+    """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
+    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir()
+    (dest / "data" / "01_raw").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
+    shutil.copy(ROOT / "pyproject.toml", dest)
+    (dest / "src").mkdir()  # Kedro checks that the source dir exists; the code is the installed package
+    (dest / ".telemetry").write_text("consent: false\n")
+    return dest
+
 
 SMALL = dict(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
 

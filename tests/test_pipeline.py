@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -12,20 +11,9 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import make_project
+
 QUICK = {"data.sample_rows": 240, "training.epochs": 1, "training.progress": False}
-
-
-def make_project(dest: Path) -> Path:
-    """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    (dest / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
-    shutil.copy(ROOT / "pyproject.toml", dest)
-    (dest / "src").mkdir()  # Kedro checks that the source dir exists; the code is the installed package
-    (dest / ".telemetry").write_text("consent: false\n")
-    return dest
 
 
 def nested(params: dict) -> dict:

@@ -35,7 +35,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,8 @@ from toptune.config import TrainingConfig
 from toptune.data import Encoded, batch_indices, collate
 from toptune.model import backbone
 from toptune.split import run_prefix, run_top
-from toptune.train import Batch, EvalResult, LogitsFn, TrainResult, autocast, run_eval, train
+from toptune import distributed
+from toptune.train import Batch, Batches, EvalResult, LogitsFn, TrainResult, autocast, eval_split, train
 
 log = logging.getLogger(__name__)
 
@@ -521,14 +522,13 @@ def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int,
 
 
 def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool,
-                   device: torch.device) -> Callable[[int], Iterable[Batch]]:
-    """``epoch -> batches`` re-padded from the cache, reshuffled per epoch with seed ``seed + epoch``."""
+                   device: torch.device) -> Batches:
+    """Batches re-padded from the cache, reshuffled per epoch with seed ``seed + epoch``."""
 
-    def gen(epoch: int) -> Iterator[Batch]:
-        for idx in epoch_indices(split, batch_size, shuffle, seed + epoch, bucket):
-            yield split.batch(idx, device)
+    def load(indices: Iterable[np.ndarray]) -> Iterator[Batch]:
+        return (split.batch(idx, device) for idx in indices)
 
-    return gen
+    return Batches(len(split), lambda epoch: epoch_indices(split, batch_size, shuffle, seed + epoch, bucket), load)
 
 
 def cached_logits(model: nn.Module, first: int) -> LogitsFn:
@@ -577,7 +577,7 @@ def prefix_offloaded(clf):
 
 
 def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: PrefixCache | None = None,
-               cache_dir: str | Path | None = None) -> TrainResult:
+               cache_dir: str | Path | None = None, checkpoints=None) -> TrainResult:
     """Train on ``data['train']`` from the prefix cache (built or reused first), validating on the
     cached ``data['val']`` each epoch; same loop, optimiser and schedule as the live modes.
 
@@ -598,19 +598,13 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(clf.model, train_b, len(train_split), cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device,
-                     (lambda: val_b(0)) if val_b is not None else None)
+        return train(clf.model, train_b, cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device, val_b, checkpoints)
 
 
 def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size: int,
                    bucket: bool = True) -> EvalResult:
     """Logits of every example of split ``name`` from the cache, in the split's order."""
     split = cache.split(name, enc, clf.pad_token_id)
-    idx = epoch_indices(split, batch_size, False, 0, bucket)
     with prefix_offloaded(clf):
-        ev = run_eval(clf.model, (split.batch(i, clf.device) for i in idx), cached_logits(clf.model, clf.first_trainable_layer), clf.device)
-    order = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
-    logits = np.empty_like(ev.logits)
-    labels = np.empty_like(ev.labels)
-    logits[order], labels[order] = ev.logits, ev.labels
-    return EvalResult(logits, labels)
+        return eval_split(clf.model, cached_batches(split, batch_size, False, 0, bucket, clf.device),
+                          cached_logits(clf.model, clf.first_trainable_layer), clf.device)

@@ -1,4 +1,4 @@
-"""Project hooks: MLflow tags on every run, and the training run's id for later pipelines."""
+"""Project hooks: MLflow tags on every run (and the kept epoch on a training run), and the training run's id for later pipelines."""
 
 from __future__ import annotations
 
@@ -55,7 +55,17 @@ class ToptuneHooks:
             self._tagged = True
 
     @hook_impl
-    def after_node_run(self, node) -> None:
+    def after_node_run(self, node, outputs: dict) -> None:
         if node.name == "train_model" and mlflow.active_run() is not None:
             TRAINING_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
             TRAINING_RUN_FILE.write_text(json.dumps({"run_id": mlflow.active_run().info.run_id}))
+            mlflow.set_tags(best_epoch_tags((outputs.get("train_summary") or {}).get("best")))
+
+
+def best_epoch_tags(best: dict | None) -> dict[str, str]:
+    """Tags saying which epoch's adapter the run kept and why (``best.epoch``, ``best.metric``, …)."""
+    if not best:
+        return {}
+    return {"best.epoch": str(best["epoch"]), "best.metric": f"val.{best['metric']}", "best.value": str(best["value"]),
+            "best.epochs_run": str(best["epochs_run"]), "best.stopped_early": str(best["stopped_early"]).lower(),
+            "best.reason": best["reason"]}

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from toptune import families
+from toptune import distributed, families
 from toptune.adapters import add_adapters, param_counts
 from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data import Encoded
@@ -20,7 +20,8 @@ from toptune.model import decoder_layers, load_classifier
 from toptune.split.check import split_check
 from toptune.tiny import ensure_tiny_qwen
 from toptune.tokenizer import load_tokenizer
-from toptune.train import EvalResult, TrainResult, autocast, live_batches, live_logits, resolve_device, run_eval, train
+from toptune.checkpoint import Checkpoints
+from toptune.train import EvalResult, TrainResult, autocast, eval_split, live_batches, live_logits, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str
     """The checkpoint to load: the embedded default is written on first use; anything else is passed
     through (hub id or local directory) for ``from_pretrained`` to resolve."""
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
-        return str(ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH))
+        with distributed.main_first():  # under torchrun: rank 0 writes it, the others find it written
+            return str(ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH))
     return name_or_path
 
 
@@ -59,7 +61,9 @@ class Classifier:
 
 def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
                      device: str = "auto", tokenizer: PreTrainedTokenizerBase | None = None) -> Classifier:
-    """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks."""
+    """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks (under
+    ``torchrun``, after joining the job's process group: the model goes to this process's device)."""
+    distributed.init()
     path = resolve_model_path(model_cfg.name_or_path)
     tok = tokenizer or load_tokenizer(path)
     dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
@@ -73,7 +77,8 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
 def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     """Stock vs split forward on the first ``batch_size`` examples of ``enc`` (the run's first batch); the
     measured difference, or :class:`toptune.split.check.SplitMismatch` naming the model type."""
-    b = next(iter(live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)(0)))
+    first = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
+    b = next(first.load(first.order(0)[:1]))
     check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, autocast(clf.device))
     if not families.is_tested(check.model_type):
         log.warning("model type %r is untested; its split check passed (max |Δlogit| %.2e on %d examples)",
@@ -81,22 +86,24 @@ def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     return check.as_dict()
 
 
-def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig) -> TrainResult:
-    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``."""
+def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoints: Checkpoints | None = None) -> TrainResult:
+    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``;
+    with ``checkpoints``, checkpointing and resuming as they say. The model ends with the best epoch's weights."""
     if cfg.prefix_mode == "cache":
         from toptune.cache import fit_cached
 
-        return fit_cached(clf, data, cfg)
+        return fit_cached(clf, data, cfg, checkpoints=checkpoints)
     logits_fn = live_logits(clf.model, clf.first_trainable_layer, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
-    val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device)
-    return train(clf.model, train_b, len(data["train"]), logits_fn, cfg, clf.device, lambda: val_b(0))
+    val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device) if "val" in data else None
+    return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints)
 
 
 def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
-    """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here)."""
-    batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)(0)
-    return run_eval(clf.model, batches, live_logits(clf.model, clf.first_trainable_layer, "no_grad"), clf.device)
+    """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here); under
+    ``torchrun`` the processes split the batches and every one gets all the logits."""
+    batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
+    return eval_split(clf.model, batches, live_logits(clf.model, clf.first_trainable_layer, "no_grad"), clf.device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from toptune import distributed
 from toptune.cache import bucketing_padding, human_bytes, prepare_cache
 from toptune.config import RunConfig
 from toptune.data import Encoded
@@ -26,7 +27,8 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     check_split(clf, tokenised["train"], cfg.training.batch_size)  # before the cache is built: stops a run that cannot split
-    cache = prepare_cache(clf, tokenised, cfg.training)
+    with distributed.main_first():  # under torchrun: rank 0 builds (or checks) it, the others then reuse it
+        cache = prepare_cache(clf, tokenised, cfg.training)
     summary = cache.summary()
     log.info("prefix cache %s at %s: %s on disk%s", cache.status, cache.path, human_bytes(cache.bytes),
              f", built in {cache.build_seconds:.1f} s" if cache.build_seconds is not None else " (fingerprint matches)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from toptune import distributed
 from toptune.config import DataConfig, ModelConfig, TrainingConfig, from_dict
 from toptune.data import Encoded, to_frame
 from toptune.export import ExportConfig, MergedCheckpoint, ServingConfig, merge_adapter
@@ -30,7 +31,10 @@ def merge_model(adapter: str, label_map: dict[str, str], tokenised: dict[str, En
 
 
 def log_model(merged_model: str, raw_data, export_params: dict) -> dict:
-    """Log the merged checkpoint as a pyfunc model to the training run (else the export run); register it."""
+    """Log the merged checkpoint as a pyfunc model to the training run (else the export run); register it.
+    Under ``torchrun`` rank 0 alone logs (the others return an empty record, kept in memory)."""
+    if not distributed.is_main():
+        return {}
     cfg = from_dict(ExportConfig, export_params, "export")
     example = to_frame(raw_data).head(cfg.example_rows)
     return log_pyfunc(merged_model, example, cfg, training_run_id(TRAINING_RUN_FILE))

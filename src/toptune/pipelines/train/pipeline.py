@@ -5,6 +5,6 @@ from toptune.pipelines.train.nodes import train_model
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        Node(train_model, ["tokenised", "label_map", "params:model", "params:lora", "params:training", "prefix_cache"],
+        Node(train_model, ["tokenised", "label_map", "params:data", "params:model", "params:lora", "params:training", "prefix_cache"],
              ["classifier", "adapter", "train_history", "val_history", "model_facts", "train_summary"], name="train_model"),
     ])
