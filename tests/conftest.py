@@ -76,3 +76,16 @@ def tiny_qwen2(tmp_path_factory, tokenizer_dir):
 def tiny_checkpoint(request, tiny_qwen3, tiny_qwen2):
     """Each test using it runs on a tiny Qwen3 and a tiny Qwen2 checkpoint."""
     return {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[request.param]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted ``kedro run`` (subprocess, cache mode, checkpoints every 2 steps) on the tiny Qwen3:
+    the baseline of tests/test_ddp.py and tests/test_resume.py. Returns its project and the run's
+    ``--params`` (without ``training.resume`` / ``training.checkpoint_every``, which do not change the steps)."""
+    from kedro_proc import BIN, KEDRO_PARAMS, run
+
+    params = f"{KEDRO_PARAMS},model.name_or_path={tiny_qwen3}"
+    project = make_project(tmp_path_factory.mktemp("reference"))
+    run([str(BIN / "kedro"), "run", "--params", f"{params},training.resume=never,training.checkpoint_every=2"], project)
+    return project, params

@@ -119,6 +119,7 @@ class LoopState:
             way = "lowest" if metric in LOWER_IS_BETTER else "highest"
             reason = f"{way} val {metric} ({value:.4f}) of {len(self.epochs)} epochs"
             if self.stopped_early:
-                reason += f"; stopped early: no improvement in {cfg.early_stopping_patience} epochs"
+                n = cfg.early_stopping_patience
+                reason += f"; stopped early: no improvement in {n} epoch{'s' if n != 1 else ''}"
         return {"epoch": epoch, "metric": metric, "value": value, "epochs_run": len(self.epochs),
                 "stopped_early": self.stopped_early, "reason": reason}
