@@ -1,4 +1,9 @@
 # toptune: `make run` sets up .venv and runs the default pipeline; `make test` runs the suite.
+# `make mlflow-server` starts the shared MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT)
+# (sqlite store, proxied artifacts, basic auth; data in mlflow-server*.db and mlflow-server-artifacts/
+# at the project root). It needs the admin password in MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters;
+# refused when missing or MLflow's old shipped default). Variables: MLFLOW_PORT (default 5000),
+# MLFLOW_WORKERS (default 2). Runs go there with `MLFLOW_TRACKING_URI=… kedro run --env server`.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,7 +16,10 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: run test bench venv data clean
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 2
+
+.PHONY: run test bench venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -29,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m toptune.benchlog.bench
+
+mlflow-server: $(STAMP)
+	$(PY) scripts/mlflow_server.py --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
 
 data:
 	$(PYTHON) scripts/make_reviews.py

@@ -4,11 +4,14 @@ from toptune import distributed
 from toptune.hooks import ToptuneHooks
 from toptune.pipelines.ranks import RankHooks
 from toptune.pipelines.resume import ResumableMlflowHook
+from toptune.pipelines.tracking import TrackingServerHooks
 
 # kedro-mlflow's hook is registered here (extended to continue a resumed run's MLflow run) instead of
-# through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow.
+# through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow (the
+# tracking server's checks included); the other ranks keep their outputs in memory (RankHooks).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its metadata name, and the PyPI spelling
-HOOKS = (RankHooks(), ToptuneHooks(), *((ResumableMlflowHook(),) if distributed.is_main() else ()))
+HOOKS = (RankHooks(), ToptuneHooks(),
+         *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()))
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

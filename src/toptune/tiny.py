@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from toptune.tokenizer import ENDOFTEXT_ID, TOKENIZER_FILES, ensure_qwen_tokenizer
+from toptune.tokenizer import TOKENIZER_FILES, ensure_qwen_tokenizer, family_spec, tokenizer_family
 
 FAMILIES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe")
 """Model types ``python -m toptune.tiny`` writes (every open Qwen text family)."""
@@ -33,8 +33,6 @@ QWEN3_VOCAB_SIZE = 151936
 """Qwen2/2.5/3's embedding rows (151,669 tokens rounded up to a multiple of 128)."""
 QWEN3_5_VOCAB_SIZE = 248320
 """Qwen3.5's embedding rows (248,077 tokens rounded up)."""
-QWEN3_5_ENDOFTEXT_ID = 248044
-"""Id of ``<|endoftext|>`` in the Qwen3.5 vocabulary (its pad token)."""
 COMPOSITE = ("qwen3_5", "qwen3_5_moe")
 """Families whose hub checkpoints are vision + language models (the text part lives in ``text_config``)."""
 
@@ -84,7 +82,7 @@ def vocab_size(spec: TinyQwenSpec) -> int:
 
 def pad_id(model_type: str) -> int:
     """The family's ``<|endoftext|>`` id (its pad token)."""
-    return QWEN3_5_ENDOFTEXT_ID if model_type in COMPOSITE else ENDOFTEXT_ID
+    return family_spec(tokenizer_family(model_type)).pad_id
 
 
 def _text_kwargs(spec: TinyQwenSpec) -> dict:
@@ -180,14 +178,9 @@ def write_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec(), to
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             shutil.copyfile(Path(tokenizer_dir) / name, out_dir / name)
-    ensure_qwen_tokenizer(out_dir, **_tokenizer_family(spec.model_type))
+    ensure_qwen_tokenizer(out_dir, family=tokenizer_family(spec.model_type))
     (out_dir / "toptune_spec.json").write_text(json.dumps(asdict(spec), indent=1))
     return out_dir
-
-
-def _tokenizer_family(model_type: str) -> dict:
-    """Keyword for ``ensure_qwen_tokenizer``: the Qwen3.5 vocabulary for Qwen3.5 checkpoints."""
-    return {"family": "qwen3_5"} if model_type in COMPOSITE else {}
 
 
 def ensure_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec()) -> Path:
