@@ -54,6 +54,11 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(r.info.run_id, "train.loss")) >= 1
     assert r.data.tags["pipeline"] == "__default__" and r.data.tags["torch_version"].startswith("2.13")
+    # The kept epoch (one here) and why, in the run and in train_summary.json.
+    summary = json.loads((project / "data/08_reporting/train_summary.json").read_text())
+    assert {"val.macro_f1", "val.best_macro_f1"} <= r.data.metrics.keys()
+    assert r.data.tags["best.epoch"] == str(summary["best"]["epoch"]) == "0" and r.data.tags["best.metric"] == "val.macro_f1"
+    assert r.data.tags["best.reason"] == summary["best"]["reason"] and "highest val macro_f1" in summary["best"]["reason"]
     arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}

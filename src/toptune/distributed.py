@@ -13,11 +13,10 @@ Kedro settings deciding which process talks to MLflow) agrees with it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,15 +81,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (writes a file, builds a cache); the others run it after rank 0 is
-    done, and find the result in place. Every process must enter it at the same point."""
-    if not is_main():
+def in_turn(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 first, then on the first process of every other machine, then on the rest, with a
+    barrier after each turn; returns this process's result. For work that writes a shared result (a cache,
+    a checkpoint written on first use): rank 0 writes it; on a filesystem every machine sees, the others
+    find it done; on a machine-local disk, each machine's first process writes that machine's copy.
+    Every process must call it at the same point. In one process: just ``fn()``."""
+    turn = 0 if is_main() else 1 if local_rank() == 0 else 2
+    result = None
+    for t in range(3 if world() > 1 else 1):
+        if t == turn:
+            result = fn()
         barrier()
-    yield
-    if is_main():
-        barrier()
+    return result
 
 
 def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:

@@ -30,8 +30,8 @@ def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str
     """The checkpoint to load: the embedded default is written on first use; anything else is passed
     through (hub id or local directory) for ``from_pretrained`` to resolve."""
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
-        with distributed.main_first():  # under torchrun: rank 0 writes it, the others find it written
-            return str(ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH))
+        # Under torchrun: rank 0 writes it, the others find it written (or write their machine's copy).
+        return str(distributed.in_turn(lambda: ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH)))
     return name_or_path
 
 

@@ -27,8 +27,9 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     check_split(clf, tokenised["train"], cfg.training.batch_size)  # before the cache is built: stops a run that cannot split
-    with distributed.main_first():  # under torchrun: rank 0 builds (or checks) it, the others then reuse it
-        cache = prepare_cache(clf, tokenised, cfg.training)
+    # Under torchrun: rank 0 builds (or checks) it, then the others reuse it; on a machine-local disk each
+    # machine's first process builds that machine's copy (distributed.in_turn).
+    cache = distributed.in_turn(lambda: prepare_cache(clf, tokenised, cfg.training))
     summary = cache.summary()
     log.info("prefix cache %s at %s: %s on disk%s", cache.status, cache.path, human_bytes(cache.bytes),
              f", built in {cache.build_seconds:.1f} s" if cache.build_seconds is not None else " (fingerprint matches)")
