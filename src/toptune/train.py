@@ -48,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device=cuda but no CUDA device is available")
     if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", distributed.local_rank() if distributed.world() > 1 else torch.cuda.current_device())
+        return torch.device("cuda", distributed.local_rank()) if distributed.world() > 1 else torch.device("cuda")
     return torch.device("cpu" if name == "auto" else name)
 
 
