@@ -19,7 +19,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: run test bench venv data clean mlflow-server
+.PHONY: run test bench bench-scale venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -37,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m toptune.benchlog.bench
+
+bench-scale: $(STAMP)
+	$(PY) -m toptune.benchlog.scale
 
 mlflow-server: $(STAMP)
 	$(PY) scripts/mlflow_server.py --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)

@@ -24,6 +24,10 @@ def make_project(dest: Path) -> Path:
     """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
     shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir()
+    # An absolute store: MLflow caches one engine per URI, and a relative sqlite URI would follow the first
+    # test project's working directory for the rest of this (long-lived) process.
+    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{dest / 'mlflow.db'}"))
     (dest / "data" / "01_raw").mkdir(parents=True)
     shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
     shutil.copy(ROOT / "pyproject.toml", dest)

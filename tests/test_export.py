@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from toptune.adapters import add_adapters
+from toptune.bundle import Bundle, base_identity, write_bundle
 from toptune.config import ConfigError, DataConfig, LoraSettings
 from toptune.data import DataValidationError, render_texts
-from toptune.export import (ExportConfig, PredictConfig, ServingConfig, load_predictor, load_trained, logits_of,
-                            merge_adapter, prepare_rows)
+from toptune.export import ExportConfig, export_bundle, load_trained
 from toptune.model import load_classifier
+from toptune.serve import PredictConfig, ServingConfig, load_predictor, logits_of, prepare_rows
 from toptune.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,9 @@ def raw_rows(n: int = 24) -> pd.DataFrame:
 
 
 def write_adapter(base: Path, out_dir: Path) -> Path:
-    """A PEFT adapter as training leaves it, with nonzero LoRA B (a fresh one is 0: merging would be a
-    no-op and the equivalence test could not fail) and a perturbed ``score`` copy."""
+    """An adapter bundle as training leaves it: PEFT adapter with nonzero LoRA B (a fresh one is 0:
+    merging would be a no-op and the equivalence test could not fail) and a perturbed ``score`` copy,
+    plus ``toptune.json`` and the example rows."""
     tok = load_tokenizer(base)
     model = add_adapters(load_classifier(base, ID2LABEL, tok.pad_token_id, seed=0), LoraSettings(r=4, alpha=8), LAYERS)
     g = torch.Generator().manual_seed(1)
@@ -46,16 +48,18 @@ def write_adapter(base: Path, out_dir: Path) -> Path:
             if "lora_B" in name or "modules_to_save" in name:
                 p.add_(torch.randn(p.shape, generator=g) * 0.2)
     model.save_pretrained(out_dir)
+    bundle = Bundle(kind="adapter", id2label=ID2LABEL, text_template=SERVING.text_template, max_length=SERVING.max_length,
+                    id_column="id", label_column="sentiment", trainable_layers=LAYERS, mlflow_run_id=None,
+                    **base_identity(str(base), base))
+    write_bundle(out_dir, bundle, raw_rows(16)[["id", "product", "channel", "review"]])
     return out_dir
 
 
 def make_export(root: Path, base: Path) -> dict[str, Path]:
-    """Adapter + merged checkpoint under ``root`` (the export pipeline's two products)."""
+    """Adapter + merged bundles under ``root`` (the training run's and the export pipeline's products)."""
     adapter = write_adapter(base, root / "adapter")
-    tok = load_tokenizer(base)
-    check = tok(render_texts(raw_rows(16), SERVING.text_template), add_special_tokens=False)["input_ids"]
-    merged = merge_adapter(base, adapter, ID2LABEL, SERVING, check_input_ids=check)
-    assert merged.check["merge_max_abs_diff"] <= 1e-4
+    merged = export_bundle(adapter, check_rows=16)
+    assert merged.check["merge_check_rows"] == 16 and merged.check["merge_max_abs_diff"] <= 1e-4
     return {"adapter": adapter, "merged": merged.save(root / "merged")}
 
 
@@ -93,7 +97,7 @@ def test_merged_checkpoint_loads_without_peft(exported, tiny_qwen3, tmp_path):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         m = AutoModelForSequenceClassification.from_pretrained({str(exported["merged"])!r})
         tok = AutoTokenizer.from_pretrained({str(exported["merged"])!r})
-        from toptune.export import logits_of, load_predictor, prepare_rows
+        from toptune.serve import logits_of, load_predictor, prepare_rows
         p = load_predictor({str(exported["merged"])!r}, device="cpu")
         rows = pd.read_csv({str(REVIEWS)!r}).head(8)
         enc = tok(prepare_rows(rows, p.serving).texts, add_special_tokens=False)["input_ids"]
@@ -111,7 +115,8 @@ def test_merged_checkpoint_loads_without_peft(exported, tiny_qwen3, tmp_path):
     np.testing.assert_allclose(np.array(got["logits"]), expected, atol=1e-4, rtol=0)
     assert got["labels"] == [ID2LABEL[i] for i in expected.argmax(-1)]
     files = {p.name for p in exported["merged"].iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "toptune.json"} <= files
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "toptune.json",
+            "examples.json"} <= files
     assert "adapter_config.json" not in files
 
 
@@ -184,14 +189,14 @@ def log_to_training_run(root: Path, merged: Path, monkeypatch) -> dict:
     """A finished "training run" in a fresh store, and the pyfunc model logged to it as the export node does."""
     import mlflow
 
-    from toptune.pipelines.export.mlflow_model import log_pyfunc, training_run_id
+    from toptune.pipelines.export.mlflow_model import known_run, log_pyfunc
 
     use_store(root, monkeypatch)
     client = mlflow.MlflowClient()
     run = client.create_run(client.get_experiment_by_name("toptune").experiment_id, run_name="__default__")
     client.set_terminated(run.info.run_id)
-    (root / "training_run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-    return log_pyfunc(merged, raw_rows(5), ExportConfig(), training_run_id(root / "training_run.json"))
+    assert known_run("0" * 32) is None  # a run this store does not know: logged to an export run instead
+    return log_pyfunc(merged, raw_rows(5), ExportConfig(), known_run(run.info.run_id))
 
 
 def test_pyfunc_round_trip_equals_predict_node(exported, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ LIBRARY = sorted([p.stem for p in ROOT.glob("*.py")
 
 
 def test_library_modules_import_neither_kedro_nor_mlflow():
-    assert {"config", "data", "model", "split", "memory", "tokenizer", "train", "tiny", "families"} <= set(LIBRARY)
+    assert {"config", "data", "model", "split", "memory", "bench", "tokenizer", "train", "tiny", "families"} <= set(LIBRARY)
     code = (f"import importlib, sys\nfor m in {LIBRARY!r}: importlib.import_module('toptune.' + m)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
             "print(bad); sys.exit(1 if bad else 0)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -63,7 +64,9 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/training_curves.png"}
-    assert json.loads((project / "data/06_models/training_run.json").read_text())["run_id"] == r.info.run_id
+    bundle = json.loads((project / "data/06_models/adapter/toptune.json").read_text())
+    assert bundle["mlflow_run_id"] == r.info.run_id and bundle["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert r.data.tags["toptune.pid"] == str(os.getpid()) and r.data.metrics["data.dropped_sample_rows"] > 0
 
     # `inspect` on the same model, data and parameters: its own MLflow run, the report and its PNGs.
     run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3), "inspect.modes": ["lora_all", "topk_no_grad"]}, "inspect")

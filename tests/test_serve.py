@@ -1,4 +1,5 @@
-"""REST: the real ``mlflow models serve --env-manager local`` answers a JSON request on loopback."""
+"""REST: the real ``mlflow models serve --env-manager local`` answers a JSON request on loopback (its
+default bind address), validates request parameters, and never answers with a stack trace or a path."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from test_export import log_to_training_run, make_export, raw_rows
 
-from toptune.export import load_predictor, prepare_rows
+from toptune.serve import load_predictor, prepare_rows
 
 STARTUP_TIMEOUT_S = 120
 
@@ -35,6 +36,20 @@ def post(url: str, body: dict) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def listen_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port``."""
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def assert_no_trace(body: dict, root: Path) -> None:
+    """No stack trace, no source or file path in a response body."""
+    text = json.dumps(body)
+    assert "stack_trace" not in body and "Traceback" not in text and ".py" not in text, body
+    assert str(root) not in text and "site-packages" not in text, body
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -63,8 +78,8 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
     port, log = free_port(), tmp_path / "serve.log"
     # The server runs `uvicorn` from PATH: put this environment's scripts first.
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", info["model_uri"], "--env-manager", "local",
-           "-p", str(port), "-h", "127.0.0.1"]
+    # No -h: the server binds its default, loopback only.
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", info["model_uri"], "--env-manager", "local", "-p", str(port)]
     with open(log, "w") as out:
         # Own process group: the CLI execs uvicorn in a child; stopping the group stops both.
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
@@ -84,6 +99,16 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
         status, body = post(url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False)),
                                                     "params": {"bad_rows": "drop"}})
         assert status == 200 and [p["id"] for p in body["predictions"]] == ["r00001"], body
+        assert listen_addresses(port) == {"127.0.0.1"}
+        split = json.loads(rows.to_json(orient="split", index=False))
+        for params, name in (({"batch_size": -1}, "params.batch_size=-1"), ({"batch_size": 0}, "params.batch_size=0"),
+                             ({"bad_rows": "skip"}, "params.bad_rows='skip'")):
+            status, body = post(url + "/invocations", {"dataframe_split": split, "params": params})
+            assert status == 400 and name in body.get("message", ""), (params, body)
+            assert_no_trace(body, tmp_path)
+        status, body = post(url + "/invocations", {"dataframe_split": {"columns": ["id"], "data": "not rows"}})
+        assert status == 400, body
+        assert_no_trace(body, tmp_path)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

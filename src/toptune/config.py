@@ -1,15 +1,20 @@
 """Typed run configuration: one dataclass per parameter group of ``conf/base/parameters.yml``.
 
-Every field has a docstring and a default; ``__post_init__`` rejects bad values with a one-line
-message naming the parameter (``training.prefix_mode``, …). ``from_dict`` turns a Kedro
-``params:`` dict into the dataclass and names any unknown key.
+Every field has a docstring and a default; ``from_dict`` turns a Kedro ``params:`` dict into the
+dataclass, naming any unknown key and any value whose type is not the field's annotation (derived
+from the dataclass, so a new field needs no new check); ``__post_init__`` rejects values out of range.
+Each failure is one line naming the parameter (``training.lr``, ``model.trainable_layers``, …).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from toptune.typecheck import describe_type, describe_value, match_type
 
 T = TypeVar("T")
 
@@ -35,11 +40,19 @@ def _check(ok: bool, message: str) -> None:
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, group: str) -> T:
-    """Build dataclass ``cls`` from a parameter dict, naming the first unknown key as ``group.key``."""
+    """Build dataclass ``cls`` from a parameter dict: the first unknown key or a value of the wrong type
+    fails with one line naming ``group.key``; ranges are the dataclass's own ``__post_init__`` checks."""
     values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    _check(not unknown, f"unknown parameter {group}.{unknown[0] if unknown else ''}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown parameter {group}.{unknown[0]}{hint}; known: {', '.join(sorted(known))}")
+    for name, value in values.items():
+        ok, values[name] = match_type(value, hints[name])
+        _check(ok, f"{group}.{name}={value!r} must be {describe_type(hints[name])}, not {describe_value(value)}")
     return cls(**values)
 
 
@@ -65,7 +78,13 @@ class DataConfig:
     """Rows with an empty / NaN text cell, a NaN label or a non-string text cell: ``drop`` (counted,
     logged) or ``error`` (fail naming the first bad row and column)."""
     sample_rows: int | None = None
-    """Use only the first N valid rows (quick runs, tests); None = all."""
+    """Use about N valid rows (quick runs, tests): the first N / classes of each class (at least
+    ``min_class_rows``); the rest is counted as ``dropped_sample_rows``. None = all."""
+    min_text_tokens: int = 4
+    """A text cut by ``training.max_length`` to fewer tokens than this is near-empty; when more than
+    ``short_text_share`` of a split is, the run warns (log + MLflow tag ``warning.short_texts``)."""
+    short_text_share: float = 0.1
+    """Share of a split's rows cut to near-empty (see ``min_text_tokens``) above which the run warns."""
 
     def __post_init__(self) -> None:
         _check("{" in self.text_template, "data.text_template must name at least one {column}")
@@ -77,6 +96,8 @@ class DataConfig:
         _check(self.min_class_rows >= 3, f"data.min_class_rows={self.min_class_rows} must be >= 3 (one row per split)")
         _check(self.bad_rows in ("drop", "error"), f"data.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
         _check(self.sample_rows is None or self.sample_rows > 0, "data.sample_rows must be > 0 or null")
+        _check(self.min_text_tokens >= 1, f"data.min_text_tokens={self.min_text_tokens} must be >= 1")
+        _check(0 <= self.short_text_share < 1, f"data.short_text_share={self.short_text_share} must be in [0, 1)")
 
 
 @dataclass

@@ -1,40 +1,29 @@
-"""From a trained adapter to predictions: merge LoRA into the base weights, save a plain transformers
-checkpoint, and classify tables with it.
+"""From a trained adapter bundle to a merged one: fold LoRA into the base weights and save a plain
+transformers checkpoint that predicts with no PEFT in the loop (see :mod:`toptune.serve`).
 
-The merged checkpoint (``data/06_models/merged/``) is what serves: safetensors weights whose LoRA
-updates ``W + (alpha/r)·B·A`` are folded in, a config with ``id2label`` / ``label2id`` /
-``pad_token_id``, the tokenizer files and ``toptune.json`` (the text template and token limit the
-model was trained with). It loads with ``AutoModelForSequenceClassification.from_pretrained`` alone:
-nothing here imports PEFT except :func:`load_trained` / :func:`merge_adapter`, which need it.
-
-Prediction runs the stock forward (no split prefix): right padding, the model pools at the rightmost
-token that is not ``pad_token_id``. The Kedro ``predict`` pipeline and the MLflow pyfunc model both
-call :func:`prepare_rows` then :meth:`Predictor.predict`, so they give the same answers.
+The merged checkpoint (``data/06_models/merged/``) is a bundle (:mod:`toptune.bundle`): safetensors
+weights whose LoRA updates ``W + (alpha/r)·B·A`` are folded in, a config with ``id2label`` /
+``label2id`` / ``pad_token_id``, the tokenizer files, ``toptune.json`` and ``examples.json``.
+:func:`export_bundle` reads only the adapter bundle: its labels, template, token limit, example rows
+and base checkpoint (whose weights and tokenizer must hash as they did in training).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from toptune.config import ConfigError, DataConfig
-from toptune.data import DataValidationError, bad_cell_reasons, collate, encode, render_texts, template_columns, to_frame
+from toptune.bundle import Bundle, check_base, commit, read_bundle, read_examples, staging_dir, write_bundle
+from toptune.config import ConfigError
+from toptune.data import encode
+from toptune.serve import BAD_ROW_POLICIES, ServingConfig, logits_of, prepare_rows
 from toptune.tokenizer import load_tokenizer
-
-SERVING_FILE = "toptune.json"
-"""The serving settings saved beside the merged weights."""
-TEXT_COLUMN = "text"
-"""A column of already-serialised texts, accepted when the table lacks the template's columns."""
-BAD_ROW_POLICIES = ("drop", "error")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -43,41 +32,17 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass
-class ServingConfig:
-    """How a table's rows become the model's input; saved as ``toptune.json`` in the merged checkpoint."""
-
-    text_template: str
-    """The ``str.format`` template the model was trained with (``data.text_template``)."""
-    max_length: int
-    """Token limit per text (``training.max_length``); longer texts are truncated."""
-    id_column: str | None = "id"
-    """Column whose value identifies a row in the output; absent = the row's position in the input."""
-    label_column: str | None = None
-    """The training table's label column; ignored when present in a table to classify."""
-
-    def save(self, out_dir: str | Path) -> None:
-        (Path(out_dir) / SERVING_FILE).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, model_dir: str | Path) -> ServingConfig:
-        path = Path(model_dir) / SERVING_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {model_dir} is not a toptune merged checkpoint")
-        return cls(**json.loads(path.read_text()))
-
-
-@dataclass
 class ExportConfig:
     """The ``export`` pipeline (parameters ``export.*``)."""
 
     check_rows: int = 64
-    """Test-split rows on which the merged model's logits are compared with the adapter's; 0 skips."""
+    """Example rows of the bundle on which the merged model's logits are compared with the adapter's; 0 skips."""
     merge_atol: float = 1e-4
     """Largest allowed |merged logit - adapter logit| (fp32); the export fails beyond it."""
     registered_model_name: str | None = "toptune-classifier"
     """Register the pyfunc model under this name when the store has a registry; null = don't."""
     example_rows: int = 5
-    """Rows of ``raw_data`` saved as the pyfunc model's input example (and used to infer the signature)."""
+    """Example rows of the bundle saved as the pyfunc model's input example (and used to infer the signature)."""
     bad_rows: str = "error"
     """Default policy of the pyfunc / REST model for bad rows (``error`` | ``drop``); a request can
     override it with ``params: {bad_rows: drop}``."""
@@ -90,57 +55,6 @@ class ExportConfig:
         _check(self.example_rows >= 1, f"export.example_rows={self.example_rows} must be >= 1")
         _check(self.bad_rows in BAD_ROW_POLICIES, f"export.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
         _check(self.batch_size >= 1, f"export.batch_size={self.batch_size} must be >= 1")
-
-
-@dataclass
-class PredictConfig:
-    """The ``predict`` pipeline (parameters ``predict.*``)."""
-
-    batch_size: int = 64
-    """Rows per forward pass."""
-    bad_rows: str = "drop"
-    """Rows with an empty / NaN text cell or a non-string cell in a text column: ``drop`` (skipped,
-    counted, logged) or ``error`` (fail naming the first bad row and column)."""
-    device: str = "auto"
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"predict.batch_size={self.batch_size} must be >= 1")
-        _check(self.bad_rows in BAD_ROW_POLICIES, f"predict.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
-        _check(self.device in ("auto", "cpu", "cuda"), f"predict.device={self.device!r} must be auto, cpu or cuda")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@torch.inference_mode()
-def logits_of(model: nn.Module, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
-              progress: bool = False) -> np.ndarray:
-    """(N, C) float32 logits of the stock forward, in input order.
-
-    Rows are batched by length (less padding), right-padded, and put back in order at the end.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    order = np.argsort([len(x) for x in input_ids], kind="stable")
-    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
-    bar = tqdm(total=len(input_ids), desc="predict", unit="row", disable=not progress, mininterval=1.0)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        b = collate([input_ids[i] for i in idx], [-1] * len(idx), pad_token_id)
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
-        out[idx] = logits.float().cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
-    return out
-
-
-# --- merge -------------------------------------------------------------------------------------
 
 
 def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str]):
@@ -165,22 +79,25 @@ class MergedCheckpoint:
     serving: ServingConfig
     check: dict[str, float] = field(default_factory=dict)
     """``merge_check_rows`` and ``merge_max_abs_diff`` (merged vs adapter logits) when checked."""
+    bundle: Bundle | None = None
+    """The merged bundle's manifest (from the adapter's); required to save."""
+    examples: pd.DataFrame | None = None
+    """The adapter bundle's example rows, carried over."""
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write weights (safetensors), config, tokenizer files and ``toptune.json`` to ``out_dir``.
+        """Write weights (safetensors), config, tokenizer files, ``toptune.json`` and ``examples.json``.
 
-        Written to a sibling directory first and swapped in, so a failed save never leaves a
-        half-written checkpoint or files of an older one.
+        Written to a staging directory and swapped in, so a failed save never leaves a half-written
+        checkpoint or files of an older one.
         """
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        self.serving.save(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-        return out_dir
+        if self.bundle is None:
+            raise ValueError("a merged checkpoint is saved with its bundle manifest (see export_bundle)")
+        staged = staging_dir(out_dir)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        self.model.save_pretrained(staged)
+        self.tokenizer.save_pretrained(staged)
+        self.bundle = write_bundle(staged, self.bundle, self.examples)
+        return commit(staged, out_dir)
 
 
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], serving: ServingConfig,
@@ -208,96 +125,24 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict
     return MergedCheckpoint(merged, tok, serving, check)
 
 
-# --- predict -----------------------------------------------------------------------------------
+def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1e-4) -> MergedCheckpoint:
+    """Merge the adapter bundle at ``adapter_dir`` into its base checkpoint, reading nothing else.
 
-
-@dataclass
-class PredictRows:
-    """The rows of a table that can be classified, serialised, and what was skipped."""
-
-    ids: list[str]
-    texts: list[str]
-    counts: dict[str, int]
-    """``rows_in``, ``rows_predicted``, ``dropped_empty_text``, ``dropped_non_string``."""
-    source: str
-    """What the texts were built from: ``template columns`` or ``'text' column``."""
-
-
-def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> PredictRows:
-    """Validate and serialise the rows of ``table`` (pandas or Hugging Face dataset) for prediction.
-
-    Texts come from the model's template when the table has all its columns, else from a ``text``
-    column; otherwise the error names the missing column. Extra columns (the label column, say) are
-    ignored. Bad cells (empty / NaN text, a non-string in a text column) fail the call under
-    ``bad_rows="error"``, naming the row and column, or are skipped and counted under ``drop``.
+    The base checkpoint must hash as it did in training; the merged logits are compared with the
+    adapter's on up to ``check_rows`` of the bundle's example rows (a merge that changes predictions
+    must not ship).
     """
-    if bad_rows not in BAD_ROW_POLICIES:
-        raise ConfigError(f"bad_rows={bad_rows!r} must be 'drop' or 'error'")
-    df = to_frame(table).reset_index(drop=True)
-    df.columns = [str(c) for c in df.columns]
-    template, source = serving.text_template, "template columns"
-    missing = [c for c in template_columns(template) if c not in df.columns]
-    if missing:
-        if TEXT_COLUMN not in df.columns:
-            raise DataValidationError(
-                f"the table lacks column '{missing[0]}' of the model's text template {template!r} and has no "
-                f"'{TEXT_COLUMN}' column (columns: {', '.join(df.columns) or 'none'})")
-        template, source = "{" + TEXT_COLUMN + "}", f"'{TEXT_COLUMN}' column"
-    if serving.id_column and serving.id_column in df.columns:
-        ids = df[serving.id_column].astype(str)
-    else:
-        ids = pd.Series(df.index.astype(str), index=df.index)
-    reasons = bad_cell_reasons(df, DataConfig(text_template=template), need_label=False) if len(df) else pd.Series(dtype=object)
-    bad = reasons != ""
-    if bad_rows == "error" and bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        kind, col = reasons.iloc[row].split(":", 1)
-        raise DataValidationError(f"row {row} (id {ids.iloc[row]}), column '{col}': {kind.replace('_', ' ')} (bad_rows=error)")
-    ok = df[~bad]
-    counts = {"rows_in": len(df), "rows_predicted": len(ok)}
-    for kind in ("empty_text", "non_string"):
-        counts[f"dropped_{kind}"] = int(reasons.str.startswith(kind).sum()) if len(df) else 0
-    return PredictRows(ids[~bad].tolist(), render_texts(ok, template), counts, source)
+    from toptune.recipe import resolve_model_path
 
-
-@dataclass
-class Predictor:
-    """A merged checkpoint loaded for prediction (no PEFT)."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    serving: ServingConfig
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.model.config.id2label.items()}
-
-    def columns(self) -> list[str]:
-        """Output columns: ``id``, ``label``, then ``prob_<class>`` in class-index order."""
-        return ["id", "label"] + [f"prob_{self.id2label[c]}" for c in sorted(self.id2label)]
-
-    def predict(self, rows: PredictRows, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
-        """One output row per input row of ``rows``: id, predicted label, probability per class."""
-        if not rows.texts:
-            return pd.DataFrame({c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()})
-        enc = encode(rows.texts, self.tokenizer, self.serving.max_length, ids=rows.ids)
-        logits = logits_of(self.model, enc.input_ids, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
-        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-        id2label = self.id2label
-        out = pd.DataFrame({"id": rows.ids, "label": [id2label[int(i)] for i in probs.argmax(-1)]})
-        for c in sorted(id2label):
-            out[f"prob_{id2label[c]}"] = probs[:, c]
-        return out
-
-
-def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
-    """Load a merged checkpoint (weights, tokenizer, ``toptune.json``) with transformers alone."""
-    serving = ServingConfig.load(model_dir)
-    from toptune import families
-
-    families.register()  # a merged Qwen3.5 MoE classifier is toptune's own class
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
-    tok = load_tokenizer(model_dir)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
-    return Predictor(model.to(_device(device)).eval(), tok, serving)
+    adapter = read_bundle(adapter_dir, "adapter")
+    base = resolve_model_path(adapter.base_model)
+    check_base(adapter, base)
+    serving = ServingConfig.of(adapter)
+    examples = read_examples(adapter_dir)
+    texts = prepare_rows(examples, serving, "drop").texts[:check_rows] if check_rows and len(examples) else []
+    check = encode(texts, load_tokenizer(base), adapter.max_length).input_ids if texts else None
+    merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check_input_ids=check, atol=atol)
+    merged.bundle = dataclasses.replace(adapter, kind="merged", extra={
+        **adapter.extra, "merged_from_adapter_sha256": adapter.weights_sha256, "base_tokenizer_sha256": adapter.tokenizer_sha256})
+    merged.examples = examples
+    return merged

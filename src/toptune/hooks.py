@@ -1,17 +1,12 @@
-"""Project hooks: MLflow tags on every run (and the kept epoch on a training run), and the training run's id for later pipelines."""
+"""Project hooks: MLflow tags on every run, the kept epoch on a training run (the model bundle records
+its training run's id)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-from pathlib import Path
 
 import mlflow
 from kedro.framework.hooks import hook_impl
-
-TRAINING_RUN_FILE = Path("data/06_models/training_run.json")
-"""Where the training pipeline records its MLflow run id (export logs its model to that run)."""
-
 
 def git_commit() -> str:
     """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
@@ -35,7 +30,7 @@ def run_tags(pipeline_name: str | None) -> dict[str, str]:
 
 
 class ToptuneHooks:
-    """Tags the active MLflow run (opened by kedro-mlflow) and remembers the training run."""
+    """Tags the active MLflow run (opened by kedro-mlflow)."""
 
     def __init__(self) -> None:
         self._pipeline_name: str | None = None
@@ -57,8 +52,6 @@ class ToptuneHooks:
     @hook_impl
     def after_node_run(self, node, outputs: dict) -> None:
         if node.name == "train_model" and mlflow.active_run() is not None:
-            TRAINING_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
-            TRAINING_RUN_FILE.write_text(json.dumps({"run_id": mlflow.active_run().info.run_id}))
             mlflow.set_tags(best_epoch_tags((outputs.get("train_summary") or {}).get("best")))
 
 

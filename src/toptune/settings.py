@@ -2,6 +2,7 @@
 
 from toptune import distributed
 from toptune.hooks import ToptuneHooks
+from toptune.pipelines.guards import GuardHooks
 from toptune.pipelines.ranks import RankHooks
 from toptune.pipelines.resume import ResumableMlflowHook
 from toptune.pipelines.tracking import TrackingServerHooks
@@ -10,7 +11,7 @@ from toptune.pipelines.tracking import TrackingServerHooks
 # through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow (the
 # tracking server's checks included); the other ranks keep their outputs in memory (RankHooks).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its metadata name, and the PyPI spelling
-HOOKS = (RankHooks(), ToptuneHooks(),
+HOOKS = (RankHooks(), ToptuneHooks(), GuardHooks(),
          *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()))
 
 CONFIG_LOADER_ARGS = {

@@ -1,4 +1,4 @@
-"""``make bench``: run :mod:`toptune.bench` and record it in MLflow, experiment ``toptune-bench``.
+"""``make bench``: run :mod:`toptune.bench.main` and record it in MLflow, experiment ``toptune-bench``.
 
 Tracking URI ``sqlite:///mlflow.db`` at the project root (``MLFLOW_TRACKING_URI`` overrides it).
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import sys
 
-from toptune import bench
+from toptune.bench import main as bench
+
+EXPERIMENT = "toptune-bench"
 
 
 def flat(prefix: str, value, out: dict) -> dict:
@@ -21,22 +23,40 @@ def flat(prefix: str, value, out: dict) -> dict:
     return out
 
 
-def log_to_mlflow(result: dict, out_dir: str) -> str:
-    """One MLflow run: the config as parameters, each run's figures as metrics, JSON and PNG as artifacts."""
+def log_numbers(prefix: str, row: dict) -> None:
+    """Each number of ``row`` as metric ``prefix.key``; each list of numbers as steps of one metric."""
+    import mlflow
+
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            mlflow.log_metric(f"{prefix}.{key}", float(value))
+        elif isinstance(value, list) and value and all(isinstance(x, (int, float)) for x in value):
+            for step, x in enumerate(value):
+                mlflow.log_metric(f"{prefix}.{key}", float(x), step=step)
+
+
+def start_run(run_name: str):
+    """An MLflow run in experiment ``toptune-bench`` at ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``)."""
     import mlflow
 
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    mlflow.set_experiment("toptune-bench")
-    with mlflow.start_run(run_name="bench") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result.get("config", {}), {}).items()})
-        mlflow.set_tag("device", str(result.get("device")))
-        for name, r in result.get("runs", {}).items():
-            for key, value in r.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    mlflow.log_metric(f"{name}.{key}", float(value))
-                elif isinstance(value, list) and all(isinstance(x, (int, float)) for x in value):
-                    for step, x in enumerate(value):
-                        mlflow.log_metric(f"{name}.{key}", float(x), step=step)
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow.start_run(run_name=run_name)
+
+
+def log_to_mlflow(result: dict, out_dir: str) -> str:
+    """One MLflow run: each bench's config as parameters, each run's figures and the ratios as metrics
+    (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON and PNG as artifacts."""
+    import mlflow
+
+    with start_run("bench") as run:
+        for prefix, part in ([("", result)] if "runs" in result else []) + \
+                ([("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []):
+            mlflow.log_params({f"{prefix}{k}": str(v)[:250] for k, v in flat("", part.get("config", {}), {}).items()})
+            mlflow.set_tag(f"{prefix}device", str(part.get("device")))
+            for name, row in part["runs"].items():
+                log_numbers(f"{prefix}{name}", row)
+            log_numbers(f"{prefix}speedups", part.get("speedups", {}))
         for f in ("bench.json", "bench.png"):
             if os.path.exists(os.path.join(out_dir, f)):
                 mlflow.log_artifact(os.path.join(out_dir, f))
@@ -45,10 +65,10 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """``make bench``: the bench's result, also logged to MLflow."""
-    argv = sys.argv[1:] if argv is None else argv
-    result = bench.main(argv)
-    run_id = log_to_mlflow(result, bench.parse_args(argv).out_dir)
-    print(f"logged to MLflow experiment toptune-bench, run {run_id}")
+    bc, tiny = bench.parse_args(sys.argv[1:] if argv is None else argv)
+    result = bench.main(bc=bc, tiny=tiny)
+    run_id = log_to_mlflow(result, bc.out_dir)
+    print(f"logged to MLflow experiment {EXPERIMENT}, run {run_id}")
     return result
 
 

@@ -87,10 +87,13 @@ class ResumableMlflowHook(MlflowHook):
         super().__init__()
         self._held_params: dict[str, str] | None = None
         """The reopened run's parameters (None: the run is new)."""
+        self._raw = "no raw_data"
+        """The raw table's identity, taken when the catalog is made (later hooks may swap the dataset)."""
 
     @hook_impl
     def after_catalog_created(self, catalog, conf_catalog, conf_creds, parameters, save_version, load_versions) -> None:
         super().after_catalog_created(catalog, conf_catalog, conf_creds, parameters, save_version, load_versions)
+        self._raw = raw_identity(catalog)
         for name, dataset in list(catalog.items()):
             if type(dataset) is MlflowMetricsHistoryDataset:
                 catalog[name] = MlflowMetricsHistoryOnceDataset(run_id=dataset._run_id, prefix=dataset._prefix,
@@ -99,7 +102,7 @@ class ResumableMlflowHook(MlflowHook):
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         self._held_params = None
-        raw = raw_identity(catalog)
+        raw = self._raw
         run_id = self._run_to_continue(pipeline, catalog, raw) if self.mlflow_config.tracking.run.id is None else None
         if run_id is not None:
             self.mlflow_config.tracking.run.id = run_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -15,14 +16,16 @@ from toptune.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-def prepare(raw_data, data_params: dict) -> tuple[pd.DataFrame, dict[str, str], dict]:
-    """Validate + serialise rows; returns the table (id, text, label), the label map and drop counts."""
+def prepare(raw_data, data_params: dict) -> tuple[pd.DataFrame, dict[str, str], dict, list[dict]]:
+    """Validate + serialise rows; returns the table (id, text, label), the label map, the row counts
+    (every drop under ``dropped_<reason>``) and a few valid raw rows (the model bundle's examples)."""
     cfg = from_dict(DataConfig, data_params, "data")
     prepared = prepare_table(to_frame(raw_data), cfg)
     dropped = {k: v for k, v in prepared.quality.items() if k.startswith("dropped_") and v}
     log.info("data: %d rows in, %d valid; dropped %s", prepared.quality["rows_in"], prepared.quality["rows_valid"], dropped or "none")
     id2label = label_map(prepared.table["label"])
-    return prepared.table, {str(k): v for k, v in id2label.items()}, metric_items(prepared.quality)
+    examples = json.loads(prepared.examples.to_json(orient="records"))  # plain JSON types
+    return prepared.table, {str(k): v for k, v in id2label.items()}, metric_items(prepared.quality), examples
 
 
 def tokenise(table: pd.DataFrame, label_map_json: dict[str, str], data_params: dict, model_params: dict,

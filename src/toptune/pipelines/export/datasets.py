@@ -7,15 +7,17 @@ from typing import Any
 
 from kedro.io import AbstractDataset
 
-from toptune.export import SERVING_FILE, MergedCheckpoint
+from toptune.bundle import BUNDLE_FILE, BundleError, read_bundle
+from toptune.export import MergedCheckpoint
 
 
 class MergedCheckpointDataset(AbstractDataset):
-    """A merged transformers checkpoint directory (weights, config, tokenizer, ``toptune.json``).
+    """A merged bundle: a transformers checkpoint directory (weights, config, tokenizer) with
+    ``toptune.json`` and ``examples.json``.
 
-    Saving writes a :class:`toptune.export.MergedCheckpoint`; loading returns the directory's path, from
-    which ``AutoModelForSequenceClassification.from_pretrained`` (or ``toptune.export.load_predictor``)
-    loads it.
+    Saving writes a :class:`toptune.export.MergedCheckpoint` (staged, then swapped in); loading checks
+    the bundle and returns the directory's path, from which ``toptune.serve.load_predictor`` (or
+    ``AutoModelForSequenceClassification.from_pretrained``) loads it.
     """
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
@@ -27,11 +29,12 @@ class MergedCheckpointDataset(AbstractDataset):
 
     def _load(self) -> str:
         if not self._exists():
-            raise FileNotFoundError(f"no merged checkpoint at {self._filepath}: run `kedro run --pipeline export` first")
+            raise BundleError(f"no merged checkpoint at {self._filepath}: run `kedro run --pipeline export` first")
+        read_bundle(Path(self._filepath), "merged")
         return str(self._filepath)
 
     def _exists(self) -> bool:
-        return (Path(self._filepath) / SERVING_FILE).is_file() and (Path(self._filepath) / "config.json").is_file()
+        return (Path(self._filepath) / BUNDLE_FILE).is_file() and (Path(self._filepath) / "config.json").is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}

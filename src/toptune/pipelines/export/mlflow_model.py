@@ -9,7 +9,6 @@ used: for a PEFT model it looks the base model up on the hub.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -22,8 +21,10 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import toptune
+from toptune.bundle import read_bundle
 from toptune.data import template_columns
-from toptune.export import TEXT_COLUMN, ExportConfig, ServingConfig
+from toptune.export import ExportConfig
+from toptune.serve import TEXT_COLUMN, ServingConfig
 
 from . import pyfunc_model
 
@@ -39,7 +40,7 @@ def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], 
     optional since either set will do; output: ``id``, ``label``, ``prob_<class>``; params: ``bad_rows``,
     ``batch_size``."""
     cols = [c for c in [serving.id_column, *template_columns(serving.text_template)] if c and c in example.columns]
-    inferred = infer_signature(example[cols]).inputs.inputs
+    inferred = infer_signature(example[cols]).inputs.inputs if cols and len(example) else []
     inputs = [ColSpec(c.type, c.name, required=False) for c in inferred]
     if TEXT_COLUMN not in cols:
         inputs.append(ColSpec("string", TEXT_COLUMN, required=False))
@@ -50,9 +51,9 @@ def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], 
 
 def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig, out_dir: str | Path) -> Path:
     """Save the pyfunc model (code, merged checkpoint, signature, example, pinned requirements) to ``out_dir``."""
-    serving = ServingConfig.load(merged_dir)
-    id2label = json.loads((Path(merged_dir) / "config.json").read_text())["id2label"]
-    labels = [id2label[k] for k in sorted(id2label, key=int)]
+    bundle = read_bundle(merged_dir, "merged")
+    serving = ServingConfig.of(bundle)
+    labels = [bundle.id2label[k] for k in sorted(bundle.id2label)]
     sig = signature(example, serving, labels, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         # The package travels with the model; caches and anything but Python source stay behind.
@@ -65,22 +66,20 @@ def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig
             code_paths=[str(code)],
             model_config={"bad_rows": cfg.bad_rows, "batch_size": cfg.batch_size},
             signature=sig,
-            input_example=example[[c.name for c in sig.inputs.inputs if c.name in example.columns]],
+            input_example=example[[c.name for c in sig.inputs.inputs if c.name in example.columns]] if len(example) else None,
             pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
         )
     return Path(out_dir)
 
 
-def training_run_id(run_file: str | Path) -> str | None:
-    """The training run recorded by the project's hooks, if the file exists and the store knows the run."""
-    path = Path(run_file)
-    if not path.is_file():
+def known_run(run_id: str | None) -> str | None:
+    """``run_id`` (the bundle's training run) if this tracking store knows it, else None."""
+    if not run_id:
         return None
-    run_id = json.loads(path.read_text()).get("run_id")
     try:
         mlflow.MlflowClient().get_run(run_id)
     except Exception:  # noqa: BLE001 - another store, or the run was deleted
-        log.warning("training run %s (from %s) is not in this tracking store", run_id, path)
+        log.warning("training run %s (from the bundle) is not in this tracking store", run_id)
         return None
     return run_id
 

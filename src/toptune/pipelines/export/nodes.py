@@ -1,40 +1,35 @@
-"""Nodes of the ``export`` pipeline."""
+"""Nodes of the ``export`` pipeline: they read the adapter bundle only (not the data pipeline's files)."""
 
 from __future__ import annotations
 
 import logging
 
 from toptune import distributed
-from toptune.config import DataConfig, ModelConfig, TrainingConfig, from_dict
-from toptune.data import Encoded, to_frame
-from toptune.export import ExportConfig, MergedCheckpoint, ServingConfig, merge_adapter
-from toptune.hooks import TRAINING_RUN_FILE
-from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import resolve_model_path
+from toptune.bundle import read_bundle, read_examples
+from toptune.config import from_dict
+from toptune.export import ExportConfig, MergedCheckpoint, export_bundle
+from toptune.pipelines.utils import metric_items
 
-from .mlflow_model import log_pyfunc, training_run_id
+from .mlflow_model import log_pyfunc, known_run
 
 log = logging.getLogger(__name__)
 
 
-def merge_model(adapter: str, label_map: dict[str, str], tokenised: dict[str, Encoded], data_params: dict,
-                model_params: dict, training_params: dict, export_params: dict) -> tuple[MergedCheckpoint, dict]:
-    """Fold the adapter into the base weights; checked against the adapter's logits on test rows."""
-    data, model = from_dict(DataConfig, data_params, "data"), from_dict(ModelConfig, model_params, "model")
-    training, cfg = from_dict(TrainingConfig, training_params, "training"), from_dict(ExportConfig, export_params, "export")
-    serving = ServingConfig(data.text_template, training.max_length, data.id_column, data.label_column)
-    check = tokenised["test"].input_ids[: cfg.check_rows]
-    merged = merge_adapter(resolve_model_path(model.name_or_path), adapter, id2label_from_json(label_map), serving,
-                           check_input_ids=check, atol=cfg.merge_atol)
-    log.info("merged adapter %s into %s: %s", adapter, model.name_or_path, merged.check or "not checked")
+def merge_model(adapter: str, export_params: dict) -> tuple[MergedCheckpoint, dict]:
+    """Fold the adapter bundle into its base checkpoint; checked against the adapter's logits on the
+    bundle's example rows."""
+    cfg = from_dict(ExportConfig, export_params, "export")
+    merged = export_bundle(adapter, cfg.check_rows, cfg.merge_atol)
+    log.info("merged adapter %s into %s: %s", adapter, merged.bundle.base_model, merged.check or "not checked")
     return merged, metric_items(merged.check)
 
 
-def log_model(merged_model: str, raw_data, export_params: dict) -> dict:
-    """Log the merged checkpoint as a pyfunc model to the training run (else the export run); register it.
+def log_model(merged_model: str, export_params: dict) -> dict:
+    """Log the merged bundle as a pyfunc model to the run that trained it (else the export run); register it.
     Under ``torchrun`` rank 0 alone logs (the others return an empty record, kept in memory)."""
     if not distributed.is_main():
         return {}
     cfg = from_dict(ExportConfig, export_params, "export")
-    example = to_frame(raw_data).head(cfg.example_rows)
-    return log_pyfunc(merged_model, example, cfg, training_run_id(TRAINING_RUN_FILE))
+    bundle = read_bundle(merged_model, "merged")
+    example = read_examples(merged_model).head(cfg.example_rows)
+    return log_pyfunc(merged_model, example, cfg, known_run(bundle.mlflow_run_id))

@@ -7,14 +7,14 @@ import logging
 import pandas as pd
 
 from toptune.config import from_dict
-from toptune.export import PredictConfig, load_predictor, prepare_rows
 from toptune.pipelines.utils import metric_items
+from toptune.serve import PredictConfig, load_predictor, prepare_rows
 
 log = logging.getLogger(__name__)
 
 
 def predict(predict_input, merged_model: str, predict_params: dict) -> tuple[pd.DataFrame, dict]:
-    """Serialise each row with the model's template, classify in batches; bad rows per ``predict.bad_rows``."""
+    """Serialise each row with the bundle's template, classify in batches; bad rows per ``predict.bad_rows``."""
     cfg = from_dict(PredictConfig, predict_params, "predict")
     predictor = load_predictor(merged_model, cfg.device)
     rows = prepare_rows(predict_input, predictor.serving, cfg.bad_rows)

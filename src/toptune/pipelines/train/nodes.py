@@ -7,13 +7,15 @@ import logging
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from toptune import distributed
+from toptune.bundle import Bundle, base_identity
 from toptune.checkpoint import CHECKPOINT_DIR, Checkpoints, fingerprint
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import Classifier, build_classifier, check_split, describe, fit
+from toptune.recipe import Classifier, build_classifier, check_split, describe, fit, resolve_model_path
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_params: dict, model_params: dict,
                 lora_params: dict, training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
-    """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (saved as
+    """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (bundled as
     the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
     the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
     them (``training.checkpoint_every``, ``training.resume``). ``prefix_cache`` (the cache node's
@@ -54,3 +56,18 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
     summary = {"model": facts, "device": str(clf.device), "processes": distributed.world(), "split_check": check,
                **dataclasses.asdict(result)}
     return clf, clf.model, train_history, val_history, model_facts, summary
+
+
+def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict], data_params: dict,
+                 model_params: dict, training_params: dict) -> dict:
+    """The adapter bundle (see ``toptune.bundle``): the trained PEFT model with what defines it (labels,
+    template, token limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages
+    it; the project hooks make it current only when the whole run succeeds."""
+    cfg = RunConfig.from_params({"data": data_params, "model": model_params, "training": training_params})
+    run = mlflow.active_run()
+    bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=cfg.data.text_template,
+                    max_length=cfg.training.max_length, id_column=cfg.data.id_column, label_column=cfg.data.label_column,
+                    trainable_layers=sorted(peft_model.peft_config["default"].layers_to_transform),
+                    mlflow_run_id=run.info.run_id if run else None,
+                    **base_identity(cfg.model.name_or_path, resolve_model_path(cfg.model.name_or_path)))
+    return {"model": peft_model, "bundle": bundle, "examples": pd.DataFrame(input_example)}

@@ -1,10 +1,12 @@
 from kedro.pipeline import Node, Pipeline
 
-from toptune.pipelines.train.nodes import train_model
+from toptune.pipelines.train.nodes import bundle_model, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(train_model, ["tokenised", "label_map", "params:data", "params:model", "params:lora", "params:training", "prefix_cache"],
-             ["classifier", "adapter", "train_history", "val_history", "model_facts", "train_summary"], name="train_model"),
+             ["classifier", "peft_model", "train_history", "val_history", "model_facts", "train_summary"], name="train_model"),
+        Node(bundle_model, ["peft_model", "label_map", "input_example", "params:data", "params:model", "params:training"],
+             "adapter", name="bundle_model"),
     ])
