@@ -89,13 +89,16 @@ def test_checkpoints_are_atomic_and_pruned(tiny_qwen3, data, tmp_path):
     trained(cfg, data, tmp_path, every=1, keep=3)
     kept = newest_first(tmp_path)
     assert [c.step for c in kept] == [4, 3, 2] and len(list(tmp_path.iterdir())) == 3
-    (tmp_path / ".tmp-half-written-123").mkdir()  # a write killed before its rename: never listed
+    (tmp_path / f".{kept[0].path.name}.tmp-{2 ** 22 + 7}").mkdir()  # a write killed before its rename: never listed
     torn = kept[0].path
     with open(torn / STATE, "r+b") as f:  # a torn state file: not a complete checkpoint
         f.truncate(100)
     assert [c.step for c in newest_first(tmp_path)] == [3, 2]
     with pytest.raises(CheckpointError, match="missing or truncated"):
         read(torn)
+    # The next write clears a dead process's temporary directory.
+    Checkpoints(tmp_path, fingerprint(cfg, 1, "cpu", data)).save({"epoch": 9, "step": 99}, {})
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_best_epoch_is_kept(tiny_qwen3, data, tmp_path):

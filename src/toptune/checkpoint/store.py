@@ -8,9 +8,10 @@ the fingerprint's hash) holding::
     meta.json    fingerprint, MLflow run id, epoch / batch / step, the metric history so far, the
                  best epoch, the size and sha256 of state.pt; written last
 
-It is written under a temporary name (``.tmp-…``), every file and the directory fsync'ed, then
-renamed into place and the parent fsync'ed: a process killed at any instant leaves either the
-previous checkpoints or a complete new one, never a directory that looks complete and is not.
+It is written under a temporary name (``.<name>.tmp-<pid>``), every file and the directory fsync'ed,
+then renamed into place and the parent fsync'ed: a process killed at any instant leaves either the
+previous checkpoints or a complete new one, never a directory that looks complete and is not. The
+temporary directories of dead processes are cleared at the next write (:mod:`toptune.debris`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from toptune.debris import clear_debris
 
 STATE = "state.pt"
 META = "meta.json"
@@ -75,8 +78,8 @@ def job_key(fingerprint: dict) -> str:
 def write(directory: Path, name: str, state: dict, meta: dict) -> Checkpoint:
     """Write ``state`` (tensors) and ``meta`` as checkpoint ``directory/name``, atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    clear_debris(directory, own_pid=os.getpid())
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
     tmp.mkdir()
     torch.save(state, tmp / STATE)
     meta = {**meta, "state_bytes": (tmp / STATE).stat().st_size, "state_sha256": _sha256(tmp / STATE),
