@@ -76,7 +76,7 @@ PARAMETER_CASES = [
     ({"data": {"bad_rows": "skip"}}, "data.bad_rows='skip' must be 'drop' or 'error'"),
     ({"data": {"sample_rows": 0}}, "data.sample_rows must be > 0 or null"),
     ({"data": {"label_column": 3}}, "data.label_column=3 must be a string, not an integer"),
-    ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules='q_proj' must be a list of strings, not a string"),
+    ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules='q_proj' must be auto or a non-empty list of module names"),
     ({"predict": {"batch_size": 0}}, "predict.batch_size=0 must be >= 1"),
     ({"export": {"bad_rows": "ignore"}}, "export.bad_rows='ignore' must be 'drop' or 'error'"),
     ({"inspect": {"modes": ["nope"]}}, "inspect.modes: unknown mode 'nope'"),

@@ -10,12 +10,20 @@ import mlflow
 import pandas as pd
 
 from toptune import distributed
+from toptune.adapters import lora_blocks
 from toptune.bundle import Bundle, base_identity
 from toptune.checkpoint import CHECKPOINT_DIR, Checkpoints, fingerprint
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import Classifier, build_classifier, check_split, describe, fit, resolve_model_path
+from toptune.recipe import (
+    Classifier,
+    build_classifier,
+    check_split,
+    describe,
+    fit,
+    resolve_model_path,
+)
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,7 @@ def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict
     run = mlflow.active_run()
     bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=cfg.data.text_template,
                     max_length=cfg.training.max_length, id_column=cfg.data.id_column, label_column=cfg.data.label_column,
-                    trainable_layers=sorted(peft_model.peft_config["default"].layers_to_transform),
+                    trainable_layers=sorted(lora_blocks(peft_model)),
                     mlflow_run_id=run.info.run_id if run else None,
                     **base_identity(cfg.model.name_or_path, resolve_model_path(cfg.model.name_or_path)))
     return {"model": peft_model, "bundle": bundle, "examples": pd.DataFrame(input_example)}
