@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from toptune.adapters import add_adapters, load_adapter, lora_blocks, lora_config, merge
-from toptune.config import LoraSettings
+from toptune.config import ConfigError, LoraSettings
 from toptune.model import backbone, load_classifier
 from toptune.split import forward_logits, pool_index, run_prefix, run_top, stock_logits
 from toptune.split.check import SplitMismatch, split_check
@@ -177,3 +177,13 @@ def test_split_check_passes_and_catches_a_wrong_split(checkpoint):
     inner.__dict__[views._VIEWS][(0, min(TOP), False)] = views.block_view(inner, 0, min(TOP), final_norm=True)
     with pytest.raises(SplitMismatch, match=model_type):
         split_check(model, ids, mask, min(TOP))
+
+
+def test_unknown_lora_target_is_a_config_error_naming_it(tmp_path):
+    spec = TinyQwenSpec(model_type="qwen3_5", num_layers=4, hidden_size=64, intermediate_size=128, vocab_size=1000)
+    build_random(spec).save_pretrained(tmp_path)
+    base = load_classifier(tmp_path, ID2LABEL, PAD)
+    with pytest.raises(ConfigError, match=r"lora.target_modules: no linear module named 'qproj'"):
+        add_adapters(base, LoraSettings(target_modules=["q_proj", "qproj"]), TOP)
+    with pytest.raises(ConfigError, match=r"lora.experts=true"):
+        add_adapters(base, LoraSettings(experts=True), TOP)  # a dense family has no routed experts

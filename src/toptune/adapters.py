@@ -24,7 +24,7 @@ import contextlib
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from toptune.config import LoraSettings
+from toptune.config import ConfigError, LoraSettings
 from toptune.model import backbone
 
 _CONVERSIONS = ("convert_peft_config_for_transformers", "convert_peft_adapter_state_dict_for_transformers")
@@ -52,7 +52,7 @@ def target_modules(model: nn.Module, layers: list[int], settings: LoraSettings) 
     if wanted is not None:
         missing = sorted(w for w in wanted if not any(n.rpartition(".")[2] == w for n in out))
         if missing:
-            raise ValueError(f"lora.target_modules: no linear module named {missing[0]!r} in the trainable blocks "
+            raise ConfigError(f"lora.target_modules: no linear module named {missing[0]!r} in the trainable blocks "
                              f"{layers} (use auto, or names such as q_proj, in_proj_qkv, out_proj)")
     return out
 
@@ -67,7 +67,7 @@ def target_parameters(model: nn.Module, layers: list[int], settings: LoraSetting
             if name.rpartition(".")[2] == "experts":
                 out += [f"{blocks}.{i}.{name}.{p}" for p in EXPERT_PARAMETERS if isinstance(getattr(module, p, None), nn.Parameter)]
     if not out:
-        raise ValueError(f"lora.experts=true but the trainable blocks {layers} have no routed experts")
+        raise ConfigError(f"lora.experts=true but the trainable blocks {layers} have no routed experts")
     return out
 
 

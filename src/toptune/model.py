@@ -56,7 +56,9 @@ def load_classifier(
     config.pad_token_id = pad_token_id
     config.use_cache = False
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), config=config, dtype=dtype)
+    # safetensors only (no pickle is unpickled), and no code from the checkpoint's repository runs.
+    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), config=config, dtype=dtype,
+                                                               use_safetensors=True, trust_remote_code=False)
     warn_missing_kernels(model)
     return model
 
