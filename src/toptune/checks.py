@@ -47,7 +47,7 @@ def checkpoint_layers(name_or_path: str) -> int | None:
     from toptune.bundle import BundleError, checkpoint_dir, read_config, weight_files
 
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH) and not (Path(name_or_path) / "config.json").is_file():
-        from toptune.model import TinyQwenSpec
+        from toptune.tiny import TinyQwenSpec
 
         return TinyQwenSpec().num_layers  # the embedded default, written on first use
     local = checkpoint_dir(name_or_path)
