@@ -128,5 +128,5 @@ def test_parameters_checked(monkeypatch):
         with pytest.raises(ConfigError, match=f"training.{field}="):
             TrainingConfig(**{field: value})
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ValueError, match=r"training.batch_size=16 does not divide by the 3 processes"):
+    with pytest.raises(ConfigError, match=r"training.batch_size=16 does not divide by the 3 processes"):
         distributed.check_divides(16)

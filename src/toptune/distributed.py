@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from toptune.config import ConfigError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -146,7 +148,7 @@ def broadcast(obj: Any) -> Any:
 def check_divides(batch_size: int, name: str = "training.batch_size") -> None:
     """The global batch must split evenly over the processes."""
     if batch_size % world():
-        raise ValueError(f"{name}={batch_size} does not divide by the {world()} processes of this job "
+        raise ConfigError(f"{name}={batch_size} does not divide by the {world()} processes of this job "
                          f"(it is the global batch: each process takes {name} / {world()} examples)")
 
 

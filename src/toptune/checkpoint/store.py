@@ -26,14 +26,16 @@ from pathlib import Path
 
 import torch
 
+from toptune.config import ConfigError
 from toptune.debris import clear_debris
 
 STATE = "state.pt"
 META = "meta.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message says why in one line."""
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used; the message says why in one line (a ``ConfigError``: it is
+    ``training.resume``'s choice that cannot be honoured, and ``kedro run`` prints it as one line)."""
 
 
 @dataclass
