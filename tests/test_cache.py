@@ -26,7 +26,7 @@ from toptune.recipe import build_classifier, fit, predict
 from test_split import ID2LABEL, classifier  # the tiny classifier with random adapter weights
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
+FIELDS = ("model_weights", "first_trainable_layer", "tokenizer", "max_length", "dtype", "data")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,12 @@ def data(tokenizer) -> dict[str, Encoded]:
         return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
 
     return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
+
+
+def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:
+    """(Σ lengths, D): every stored state of split ``name``, example by example in split order."""
+    b = cache.split(name, enc).gather(np.arange(len(enc)))
+    return b["hidden"][b["attention_mask"].bool()]
 
 
 def config(tmp_path, **kw) -> TrainingConfig:
@@ -63,14 +69,14 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
     assert again.status == "reused"
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}, "a reuse rewrote files"
     for name in data:
-        assert torch.equal(again.hidden[name], built.hidden[name])
-        np.testing.assert_array_equal(again.lengths[name], data[name].lengths())
+        assert torch.equal(stored_rows(again, name, data[name]), stored_rows(built, name, data[name]))
+        np.testing.assert_array_equal(again.lengths(name), data[name].lengths())
     # Stored rows are the live prefix's hidden states of each example, unpadded.
     enc = data["val"]
     b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
     live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer)
     rows = live[b["attention_mask"].bool()]
-    torch.testing.assert_close(again.hidden["val"], rows, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stored_rows(again, "val", enc), rows, atol=1e-5, rtol=0)
 
 
 def variants(clf, data, cfg, tiny_qwen3, tokenizer):
@@ -84,7 +90,7 @@ def variants(clf, data, cfg, tiny_qwen3, tokenizer):
     changed["train"].input_ids[3] = [changed["train"].input_ids[3][0] + 1] + changed["train"].input_ids[3][1:]
     return {
         "model_weights": (heavier, data, cfg),
-        "first_trainable_block": (classifier(tiny_qwen3, k=3), data, cfg),
+        "first_trainable_layer": (classifier(tiny_qwen3, k=3), data, cfg),
         "tokenizer": (dataclasses.replace(clf, tokenizer=tok), data, cfg),
         "max_length": (clf, data, dataclasses.replace(cfg, max_length=32)),
         "dtype": (clf, data, dataclasses.replace(cfg, cache_dtype="bfloat16")),
@@ -109,13 +115,13 @@ def test_each_fingerprint_field_invalidates(tiny_qwen3, tokenizer, data, tmp_pat
 
 def corrupt(path: Path, kind: str) -> str:
     """Damage the cache at ``path``; returns a pattern of the message that must name the damage."""
-    shard = sorted(path.glob("train-*.safetensors"))[0]
+    shard = sorted(path.glob("train-*.bin"))[0]
     if kind == "truncated":
         shard.write_bytes(shard.read_bytes()[:-100])
         return "truncated"
     if kind == "bit_flip":
         raw = bytearray(shard.read_bytes())
-        raw[-7] ^= 0x01  # inside the hidden states: same size, wrong values
+        raw[len(raw) // 2] ^= 0x01  # inside the hidden states: same size, wrong values
         shard.write_bytes(bytes(raw))
         return "checksum"
     if kind == "missing_shard":
@@ -143,7 +149,7 @@ def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, ca
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
     assert load_cache(cfg.cache_dir, good.fingerprint).status == "reused"
     for name in data:
-        assert torch.equal(rebuilt.hidden[name], good.hidden[name])
+        assert torch.equal(stored_rows(rebuilt, name, data[name]), stored_rows(good, name, data[name]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,7 +198,8 @@ def test_bfloat16_cache_is_half_the_size_and_close(tiny_qwen3, data, tmp_path):
     clf = classifier(tiny_qwen3)
     full = prepare_cache(clf, data, config(tmp_path))
     half = prepare_cache(clf, data, config(tmp_path / "bf16", cache_dtype="bfloat16"))
-    assert half.hidden["train"].dtype == torch.bfloat16 and half.fingerprint["dtype"] == "bfloat16"
+    assert half.storage_dtype == torch.bfloat16 and half.fingerprint["dtype"] == "bfloat16"
+    assert half.split("train", data["train"]).shards[0].dtype == torch.bfloat16
     assert half.bytes < 0.6 * full.bytes
     a = predict_cached(clf, full, "val", data["val"], 16).logits
     b = predict_cached(clf, half, "val", data["val"], 16).logits
@@ -246,3 +253,26 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"] == built_at
     skipped, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], {**params["training"], "prefix_mode": "no_grad"})
     assert skipped["status"] == "skipped"
+
+
+def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qwen3, data, tmp_path):
+    from toptune.pipelines.cache.nodes import build_prefix_cache
+    from toptune.pipelines.train.nodes import train_model
+
+    model = {"name_or_path": str(tiny_qwen3), "trainable_layers": 2}
+    lora = {"r": 4, "alpha": 8}
+    training = {"prefix_mode": "auto", "epochs": 2, "batch_size": 8, "progress": False,
+                "cache_dir": str(tmp_path / "cache"), "seed": 7}
+    label_map = {str(k): v for k, v in ID2LABEL.items()}
+    summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
+    rates = summary["compute_tokens_per_second"], summary["read_tokens_per_second"]
+    assert summary["prefix_mode"] == ("cache" if rates[1] > rates[0] else "no_grad")
+    assert summary["prefix_mode_reason"] and f"{rates[0]:,.0f} tokens/s" in summary["prefix_mode_reason"]
+    assert metrics["compute_tokens_per_second"]["value"] == rates[0] and metrics["used"]["value"] == (summary["prefix_mode"] == "cache")
+    assert (tmp_path / "cache" / "manifest.json").is_file() == (summary["prefix_mode"] == "cache")
+    # The train node follows the summary's decision (it does not measure again); each way is honoured.
+    for decided in ("no_grad", "cache"):
+        *_, train_summary = train_model(data, label_map, model, lora, {**training, "epochs": 1},
+                                        {**summary, "prefix_mode": decided})
+        assert train_summary["prefix_mode"] == decided
+    assert (tmp_path / "cache" / "manifest.json").is_file()  # the cache mode built (or reused) it

@@ -55,6 +55,10 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(r.info.run_id, "train.loss")) >= 1
     assert r.data.tags["pipeline"] == "__default__" and r.data.tags["torch_version"].startswith("2.13")
+    # training.prefix_mode: auto (the default) says what it chose and why, with both measured rates.
+    assert r.data.params["training.prefix_mode"] == "auto" and r.data.tags["prefix_mode"] == "no_grad"
+    assert r.data.tags["prefix_mode_reason"].startswith("1 epoch") and "tokens/s" in r.data.tags["prefix_mode_reason"]
+    assert r.data.metrics["cache.compute_tokens_per_second"] > 0 and r.data.metrics["cache.used"] == 0
     # The kept epoch (one here) and why, in the run and in train_summary.json.
     summary = json.loads((project / "data/08_reporting/train_summary.json").read_text())
     assert {"val.macro_f1", "val.best_macro_f1"} <= r.data.metrics.keys()

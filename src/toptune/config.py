@@ -22,7 +22,7 @@ DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
 """Where the embedded default (seeded tiny Qwen3 + offline Qwen tokenizer) is written on first use."""
 
 
-PREFIX_MODES = ("no_grad", "autograd", "cache")
+PREFIX_MODES = ("auto", "no_grad", "autograd", "cache")
 """How the frozen prefix runs (``training.prefix_mode``)."""
 
 
@@ -111,8 +111,9 @@ class ModelConfig:
     """K (train the top K blocks) or an explicit list of block indices. Blocks below the lowest
     trainable one form the frozen prefix."""
     dtype: str = "auto"
-    """Weights' dtype: ``auto`` (float32 weights; on CUDA the forward runs under bf16 autocast),
-    ``float32`` or ``bfloat16``."""
+    """Frozen base weights' dtype: ``auto`` (bf16 on a CUDA device that supports it, fp32 on the
+    CPU), ``float32`` or ``bfloat16``. LoRA weights, the score head and the optimiser state stay
+    fp32 whatever it is (``toptune.precision``); on CUDA the forward runs under bf16 autocast."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name_or_path), "model.name_or_path must be set")
@@ -169,9 +170,11 @@ class LoraSettings:
 class TrainingConfig:
     """The optimisation loop (parameters ``training.*``)."""
 
-    prefix_mode: str = "no_grad"
-    """``no_grad``: frozen prefix run without a graph (default); ``autograd``: the stock PEFT forward,
-    for comparison; ``cache``: prefix output computed once and reused every epoch."""
+    prefix_mode: str = "auto"
+    """``auto`` (default): ``cache`` when it pays (more than one epoch, the cache fits on the disk,
+    and reading a cached batch is faster than computing it, both measured on the first batches),
+    else ``no_grad``; ``no_grad``: frozen prefix run without a graph; ``autograd``: the stock PEFT
+    forward, for comparison; ``cache``: prefix output computed once and reused every epoch."""
     epochs: int = 6
     """Passes over the training split."""
     batch_size: int = 16
@@ -199,11 +202,12 @@ class TrainingConfig:
     progress: bool = True
     """Show progress bars."""
     cache_dir: str = "data/04_feature/prefix_cache"
-    """``prefix_mode: cache``: where the prefix's hidden states are stored (one fingerprinted cache;
+    """``prefix_mode: cache`` (or ``auto`` choosing it): where the prefix's hidden states are stored (one fingerprinted cache;
     reused while model, block split, tokenizer, max_length, dtype and data are unchanged, else rebuilt)."""
     cache_dtype: str = "auto"
-    """``prefix_mode: cache``: dtype of the stored hidden states: ``auto`` (the model weights' dtype,
-    exact), ``float32`` or ``bfloat16`` (half the disk and memory, rounded)."""
+    """``prefix_mode: cache``: dtype of the stored hidden states: ``auto`` (what the prefix computes
+    in, the model weights' dtype: exact; bf16 on CUDA under ``model.dtype: auto``), ``float32`` or
+    ``bfloat16`` (half the disk of fp32, rounded; works on the CPU too)."""
     bucket_by_length: bool = True
     """``prefix_mode: cache``: batch examples of similar length (less padding), in a seeded random
     batch order; false = the live modes' batches exactly."""

@@ -29,6 +29,23 @@ def run_tags(pipeline_name: str | None) -> dict[str, str]:
             "transformers_version": transformers.__version__, "peft_version": peft.__version__, "device": device}
 
 
+def prefix_mode_tags(summary: dict) -> dict[str, str]:
+    """Tags saying which prefix mode the run trained in (``auto`` resolved) and, for ``auto``, why."""
+    tags = {"prefix_mode": str(summary.get("prefix_mode", ""))}
+    if "prefix_mode_reason" in summary:
+        tags["prefix_mode_reason"] = str(summary["prefix_mode_reason"])[:5000]
+    return tags
+
+
+def best_epoch_tags(best: dict | None) -> dict[str, str]:
+    """Tags saying which epoch's adapter the run kept and why (``best.epoch``, ``best.metric``, …)."""
+    if not best:
+        return {}
+    return {"best.epoch": str(best["epoch"]), "best.metric": f"val.{best['metric']}", "best.value": str(best["value"]),
+            "best.epochs_run": str(best["epochs_run"]), "best.stopped_early": str(best["stopped_early"]).lower(),
+            "best.reason": best["reason"]}
+
+
 class ToptuneHooks:
     """Tags the active MLflow run (opened by kedro-mlflow)."""
 
@@ -51,14 +68,7 @@ class ToptuneHooks:
 
     @hook_impl
     def after_node_run(self, node, outputs: dict) -> None:
+        if node.name == "build_prefix_cache" and mlflow.active_run() is not None:
+            mlflow.set_tags(prefix_mode_tags(outputs.get("prefix_cache") or {}))
         if node.name == "train_model" and mlflow.active_run() is not None:
             mlflow.set_tags(best_epoch_tags((outputs.get("train_summary") or {}).get("best")))
-
-
-def best_epoch_tags(best: dict | None) -> dict[str, str]:
-    """Tags saying which epoch's adapter the run kept and why (``best.epoch``, ``best.metric``, …)."""
-    if not best:
-        return {}
-    return {"best.epoch": str(best["epoch"]), "best.metric": f"val.{best['metric']}", "best.value": str(best["value"]),
-            "best.epochs_run": str(best["epochs_run"]), "best.stopped_early": str(best["stopped_early"]).lower(),
-            "best.reason": best["reason"]}

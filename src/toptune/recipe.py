@@ -3,6 +3,7 @@ train in the configured prefix mode, predict. Kedro nodes and the benchmark call
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +15,14 @@ from transformers import PreTrainedTokenizerBase
 
 from toptune import distributed, families
 from toptune.adapters import add_adapters, param_counts
-from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, TrainingConfig
+from toptune.checkpoint import CHECKPOINT_DIR, Checkpoints, fingerprint
+from toptune.config import DEFAULT_MODEL_PATH, LoraSettings, ModelConfig, RunConfig, TrainingConfig
 from toptune.data import Encoded
 from toptune.model import decoder_layers, load_classifier
+from toptune.precision import resolve_dtype, trainable_in_fp32
 from toptune.split.check import split_check
 from toptune.tiny import ensure_tiny_qwen
 from toptune.tokenizer import load_tokenizer
-from toptune.checkpoint import Checkpoints
 from toptune.train import EvalResult, TrainResult, autocast, eval_split, live_batches, live_logits, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,10 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
     distributed.init()
     path = resolve_model_path(model_cfg.name_or_path)
     tok = tokenizer or load_tokenizer(path)
-    dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
-    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=dtype)
-    layers = model_cfg.layer_indices(len(decoder_layers(model)))
     dev = resolve_device(device)
-    peft_model = add_adapters(model, lora, layers).to(dev)
+    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
+    layers = model_cfg.layer_indices(len(decoder_layers(model)))
+    peft_model = trainable_in_fp32(add_adapters(model, lora, layers)).to(dev)
     return Classifier(peft_model, tok, layers, dev)
 
 
@@ -86,9 +87,38 @@ def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     return check.as_dict()
 
 
+def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], decided_mode: str | None = None,
+                   run_id: str | None = None, directory: str | Path = CHECKPOINT_DIR) -> tuple[TrainingConfig, Checkpoints]:
+    """The training parameters with ``prefix_mode`` decided, and the run's checkpoints (fingerprinted
+    with the decided mode, ``run_id`` beside them). ``auto`` takes the mode of the checkpoint the run
+    continues (another mode would take other steps), else ``decided_mode`` (the cache node's choice),
+    else it is decided here."""
+    training, world = cfg.training, distributed.world()
+    checkpoints = Checkpoints(Path(directory), fingerprint(cfg, world, clf.device.type, data), training.resume,
+                              training.checkpoint_every, run_id)
+    if training.prefix_mode == "auto":
+        chosen = checkpoints.choose()  # under "auto" a checkpoint of either decided mode matches
+        mode = chosen["fingerprint"]["params"]["training.prefix_mode"] if chosen else decided_mode or "auto"
+        if chosen and decided_mode not in (None, mode):
+            log.info("training.prefix_mode auto: %s, as checkpoint %s was trained (measured now: %s)", mode,
+                     chosen["path"], decided_mode)
+        training = dataclasses.replace(training, prefix_mode=mode)
+        if mode == "auto":
+            from toptune.cache import resolve_prefix_mode
+
+            training, _ = resolve_prefix_mode(clf, data, training)
+        checkpoints.fingerprint = fingerprint(dataclasses.replace(cfg, training=training), world, clf.device.type, data)
+    return training, checkpoints
+
+
 def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoints: Checkpoints | None = None) -> TrainResult:
-    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode``;
-    with ``checkpoints``, checkpointing and resuming as they say. The model ends with the best epoch's weights."""
+    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode`` (``auto``
+    resolved here unless the caller already did); with ``checkpoints``, checkpointing and resuming as they
+    say. The model ends with the best epoch's weights."""
+    if cfg.prefix_mode == "auto":
+        from toptune.cache import resolve_prefix_mode
+
+        cfg, _ = resolve_prefix_mode(clf, data, cfg)
     if cfg.prefix_mode == "cache":
         from toptune.cache import fit_cached
 

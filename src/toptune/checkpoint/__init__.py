@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,7 @@ class Checkpoints:
     run_id: str | None = None
     """The MLflow run this run logs to (kept beside the checkpoint; rank 0 knows it)."""
     keep: int = KEEP
+    _chosen: tuple[dict | None] | None = field(default=None, init=False, repr=False)
 
     @property
     def job(self) -> str:
@@ -112,25 +113,48 @@ class Checkpoints:
         """Whether optimiser step ``step`` ends with a checkpoint (besides the epoch ends)."""
         return bool(self.every) and step % self.every == 0
 
+    def choose(self) -> dict | None:
+        """The metadata (with its ``path``) of the checkpoint this run continues, on every process (rank 0
+        chooses, once: later calls return the same); None to start over. With ``training.prefix_mode:
+        auto`` in the fingerprint, a checkpoint of either decided mode matches: the caller then trains in
+        the checkpoint's mode and sets the fingerprint to it before :meth:`restore`."""
+        if self._chosen is None:
+            choice, error = None, None
+            if distributed.is_main():
+                try:
+                    ck = select(self.directory, self.fingerprint, self.resume, self.run_id)
+                    choice = {**ck.meta, "path": str(ck.path)} if ck is not None else None
+                except CheckpointError as e:
+                    error = str(e)
+            choice, error = distributed.broadcast((choice, error))
+            if error:
+                raise CheckpointError(error)
+            self._chosen = (choice,)
+        return self._chosen[0]
+
     def restore(self) -> tuple[dict, dict] | None:
-        """``(meta, state)`` of the checkpoint to continue, on every process (rank 0 chooses and reads
-        it), with this process's RNG states restored; None to start over."""
-        choice, error = None, None
+        """``(meta, state)`` of the checkpoint to continue (:meth:`choose`), on every process (rank 0 reads
+        and sends it), with this process's RNG states restored; None to start over."""
+        meta = self.choose()
+        if meta is None:
+            return None
+        state, error = None, None
         if distributed.is_main():
             try:
-                ck = select(self.directory, self.fingerprint, self.resume, self.run_id)
-                choice = ({**ck.meta, "path": str(ck.path)}, ck.load_state()) if ck is not None else None
-                if ck is not None:
-                    log.info("resuming from checkpoint %s: epoch %d, step %d (MLflow run %s)", ck.path,
-                             ck.meta["epoch"], ck.step, ck.meta.get("run_id"))
+                ck = read(meta["path"])
+                reasons = refusal(ck, self.fingerprint)
+                if reasons:
+                    raise CheckpointError(f"checkpoint {ck.path} cannot continue this run: {'; '.join(reasons)}")
+                state = ck.load_state()
+                log.info("resuming from checkpoint %s: epoch %d, step %d (MLflow run %s)", ck.path, meta["epoch"],
+                         ck.step, meta.get("run_id"))
             except CheckpointError as e:
                 error = str(e)
-        choice, error = distributed.broadcast((choice, error))
+        state, error = distributed.broadcast((state, error))
         if error:
             raise CheckpointError(error)
-        if choice is not None:
-            set_rng_state(choice[1]["rng"][distributed.rank()])
-        return choice
+        set_rng_state(state["rng"][distributed.rank()])
+        return meta, state
 
     def save(self, meta: dict, state: dict) -> Path | None:
         """Write a checkpoint of ``meta`` (epoch, step, history, …) and ``state`` (tensors), with every

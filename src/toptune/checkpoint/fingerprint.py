@@ -41,6 +41,11 @@ IGNORED_PARAMS = frozenset({
 """Parameters that do not change the steps taken (``training.device`` is replaced by ``device``,
 the resolved device type)."""
 
+DECIDED_AT_RUN = {"training.prefix_mode": "auto"}
+"""Parameters whose configured value is decided when the run starts (``auto`` → ``cache`` or ``no_grad``,
+by measurement). A checkpoint records the decided value; a fingerprint that still holds the undecided
+one matches either (the run then continues in the checkpoint's mode)."""
+
 _SMALL_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -113,13 +118,14 @@ def _short(v: object) -> object:
 
 def fingerprint_diff(old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[str]:
     """One phrase per field that differs (``training.lr changed (0.003 → 0.001)``, parameters one by
-    one, hashes shortened); fields in ``skip`` are not compared."""
+    one, hashes shortened); fields in ``skip`` are not compared, nor a parameter ``new`` holds undecided
+    (``DECIDED_AT_RUN``)."""
     out = []
     for key in sorted((set(old) | set(new)) - set(skip)):
         a, b = old.get(key), new.get(key)
         if key == "params" and isinstance(a, dict) and isinstance(b, dict):
             out += [f"{k} changed ({a.get(k, 'unset')!r} → {b.get(k, 'unset')!r})" for k in sorted(set(a) | set(b))
-                    if a.get(k, "unset") != b.get(k, "unset")]
+                    if a.get(k, "unset") != b.get(k, "unset") and not (k in DECIDED_AT_RUN and b.get(k) == DECIDED_AT_RUN[k])]
         elif a != b:
             out.append(f"{key} changed ({_short(a)} → {_short(b)})")
     return out

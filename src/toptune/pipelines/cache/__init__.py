@@ -1,4 +1,4 @@
-"""``cache``: run the frozen prefix once and store its output (``training.prefix_mode: cache`` only)."""
+"""``cache``: resolve ``training.prefix_mode: auto``; in cache mode run the frozen prefix once and store its output."""
 
 from .pipeline import create_pipeline
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -12,18 +11,10 @@ import pandas as pd
 from toptune import distributed
 from toptune.adapters import lora_blocks
 from toptune.bundle import Bundle, base_identity
-from toptune.checkpoint import CHECKPOINT_DIR, Checkpoints, fingerprint
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import (
-    Classifier,
-    build_classifier,
-    check_split,
-    describe,
-    fit,
-    resolve_model_path,
-)
+from toptune.recipe import Classifier, build_classifier, check_split, describe, fit, resolve_model_path, training_setup
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -35,19 +26,19 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
     the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
     the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
     them (``training.checkpoint_every``, ``training.resume``). ``prefix_cache`` (the cache node's
-    summary) only orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses."""
+    summary) orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses in
+    ``cache`` mode, and says what ``auto`` resolved to (a resumed run keeps its checkpoint's mode)."""
     cfg = RunConfig.from_params({"data": data_params, "model": model_params, "lora": lora_params, "training": training_params})
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
-    log.info("model: %s; prefix_mode=%s on %s, %d process(es)", facts, cfg.training.prefix_mode, clf.device, distributed.world())
     check = check_split(clf, tokenised["train"], cfg.training.batch_size)
     log.info("split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
              check["max_abs_logit_diff"], check["rows"], check["tolerance"])
     run = mlflow.active_run()  # rank 0 only: the other processes do not track
-    checkpoints = Checkpoints(Path(CHECKPOINT_DIR), fingerprint(cfg, distributed.world(), clf.device.type, tokenised),
-                              cfg.training.resume, cfg.training.checkpoint_every, run.info.run_id if run else None)
-    result = fit(clf, tokenised, cfg.training, checkpoints)
+    training, checkpoints = training_setup(cfg, clf, tokenised, prefix_cache.get("prefix_mode"), run.info.run_id if run else None)
+    log.info("model: %s; prefix_mode=%s on %s, %d process(es)", facts, training.prefix_mode, clf.device, distributed.world())
+    result = fit(clf, tokenised, training, checkpoints)
     if result.best is not None:
         log.info("kept epoch %d: %s", result.best["epoch"], result.best["reason"])
     train_history = {
@@ -61,8 +52,8 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
         val_history[f"best_{result.best['metric']}"] = [{"value": float(result.best["value"]), "step": result.best["epoch"]}]
     model_facts = metric_items({**{k: v for k, v in facts.items() if isinstance(v, int)},
                                 **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"}})
-    summary = {"model": facts, "device": str(clf.device), "processes": distributed.world(), "split_check": check,
-               **dataclasses.asdict(result)}
+    summary = {"model": facts, "device": str(clf.device), "processes": distributed.world(),
+               "prefix_mode": training.prefix_mode, "split_check": check, **dataclasses.asdict(result)}
     return clf, clf.model, train_history, val_history, model_facts, summary
 
 

@@ -1,0 +1,137 @@
+"""What the stored hidden states depend on, hashed: a cache is valid only for an equal fingerprint.
+
+The fingerprint names the prefix's weights and the model config (hashed), the block split, the
+tokenizer (hashed), ``max_length``, the storage and compute dtypes, and the tokenised data (hashed).
+Labels are left out: they do not change hidden states (they come from the data at read time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from toptune.config import TrainingConfig
+from toptune.data import Encoded
+from toptune.model import backbone
+from toptune.precision import DTYPES, weights_dtype
+
+CACHE_FORMAT = 2
+"""Version of the on-disk layout (2: raw shards streamed to disk, read through memory maps); a
+cache of another version is rebuilt."""
+_DATA_CHUNK = 1024
+"""Examples hashed per update: the data hash never holds more than this many examples' ids."""
+
+# Config keys that do not change the prefix's output (labels only name the score head's rows).
+_CONFIG_KEYS_IGNORED = {"id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "name_or_path",
+                        "transformers_version", "architectures", "torch_dtype", "dtype"}
+
+
+def _update_tensor(h, t: Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(memoryview(t.view(torch.uint8).numpy()))  # no copy
+
+
+def model_weights_hash(model: nn.Module, first: int) -> str:
+    """sha256 of what the prefix computes with: the model config (label names aside), the token
+    embedding, blocks ``0 … first-1`` and the rotary frequencies."""
+    inner = backbone(model)
+    h = hashlib.sha256()
+    config = {k: v for k, v in inner.config.to_dict().items() if k not in _CONFIG_KEYS_IGNORED}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(str(getattr(inner.config, "_attn_implementation", "")).encode())
+    modules = [("embed_tokens", inner.embed_tokens)] + [(f"layers.{i}", inner.layers[i]) for i in range(first)]
+    for prefix, module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{prefix}.{name}".encode())
+            _update_tensor(h, t)
+    _update_tensor(h, inner.rotary_emb.inv_freq)
+    return h.hexdigest()
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's definition: its ``tokenizer.json`` file's digest when loaded from a
+    local directory (vocabulary, merges, normaliser, pre-tokeniser: ~10 ms), else the serialised backend
+    (~0.5 s for Qwen's 151k tokens); plus what can change in memory (added tokens, size, pad token)."""
+    h = hashlib.sha256()
+    file = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if file.is_file():
+        with open(file, "rb") as f:  # streamed: Qwen's file is ~11-19 MB
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    elif backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(json.dumps(sorted(tokenizer.get_added_vocab().items())).encode())
+    h.update(f"{type(tokenizer).__name__}|n={len(tokenizer)}|pad={tokenizer.pad_token_id}|side={tokenizer.padding_side}".encode())
+    return h.hexdigest()
+
+
+def data_hash(data: dict[str, Encoded]) -> str:
+    """sha256 of the token ids of every split, hashed ``_DATA_CHUNK`` examples at a time."""
+    h = hashlib.sha256()
+    for name in sorted(data):
+        enc = data[name]
+        h.update(f"{name}:{len(enc)}".encode())
+        h.update(enc.lengths().tobytes())
+        for i in range(0, len(enc), _DATA_CHUNK):
+            ids = enc.input_ids[i : i + _DATA_CHUNK]
+            n = sum(len(x) for x in ids)
+            h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64, count=n).data)
+    return h.hexdigest()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def compute_dtype(model: nn.Module, device: torch.device) -> str:
+    """How the prefix is computed: device type, weights' dtype, and bf16 autocast on CUDA."""
+    weights = dtype_name(weights_dtype(model))
+    return f"{device.type}/{weights}" + ("/bf16-autocast" if device.type == "cuda" else "")
+
+
+def storage_dtype(cfg: TrainingConfig, model: nn.Module) -> torch.dtype:
+    """``training.cache_dtype``: ``auto`` = what the prefix computes in (the weights' dtype);
+    or ``float32`` / ``bfloat16``."""
+    if cfg.cache_dtype == "auto":
+        return weights_dtype(model)
+    return DTYPES[cfg.cache_dtype]
+
+
+def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig) -> dict:
+    """Everything the stored hidden states depend on; a cache is valid only for an equal fingerprint."""
+    return {
+        "format": CACHE_FORMAT,
+        "model_weights": model_weights_hash(clf.model, clf.first_trainable_layer),
+        "num_layers": clf.num_layers,
+        "first_trainable_layer": clf.first_trainable_layer,
+        "tokenizer": tokenizer_hash(clf.tokenizer),
+        "max_length": cfg.max_length,
+        "dtype": dtype_name(storage_dtype(cfg, clf.model)),
+        "compute": compute_dtype(clf.model, clf.device),
+        "data": data_hash(data),
+    }
+
+
+def fingerprint_key(fp: dict) -> str:
+    """A short digest of ``fp``: what each shard's receipt records, so a shard of another build is never resumed."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_diff(old: dict, new: dict) -> list[str]:
+    """One phrase per field that differs: ``max_length changed (128 → 64)``; hashes shortened."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            short = lambda v: v[:12] if isinstance(v, str) and len(v) == 64 else v  # noqa: E731
+            out.append(f"{key} changed ({short(a)} → {short(b)})")
+    return out
