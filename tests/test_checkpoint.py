@@ -18,7 +18,7 @@ from toptune import distributed
 from toptune.checkpoint import Checkpoints, CheckpointError, fingerprint, newest_first, read
 from toptune.checkpoint.store import STATE
 from toptune.config import ConfigError, LoraSettings, ModelConfig, RunConfig, TrainingConfig
-from toptune.recipe import build_classifier, fit
+from toptune.recipe import build_classifier, fit, training_setup
 
 from ddp_worker import ID2LABEL, splits
 
@@ -82,6 +82,23 @@ def test_another_configuration_is_skipped_or_refused(tiny_qwen3, data, tmp_path,
     assert "world changed (1 → 2)" in str(pytest.raises(CheckpointError, Checkpoints(tmp_path, two, str(ck.path)).restore).value)
     fewer = {**data, "train": dataclasses.replace(data["train"], input_ids=data["train"].input_ids[:-1], labels=data["train"].labels[:-1])}
     assert "data changed" in str(pytest.raises(CheckpointError, Checkpoints(tmp_path, fingerprint(cfg, 1, "cpu", fewer), str(ck.path)).restore).value)
+
+
+def test_auto_prefix_mode_continues_in_the_checkpoints_mode(tiny_qwen3, data, tmp_path, caplog):
+    # A run of prefix_mode auto that trained in no_grad mode, then killed: measured again, auto might pick
+    # the cache (other steps: bucketed batches); the resumed run keeps the checkpoint's mode instead.
+    cfg = run_config(tiny_qwen3, epochs=2, prefix_mode="auto")
+    clf = build_classifier(cfg.model, cfg.lora, ID2LABEL, seed=0, device="cpu")
+    training, ckpts = training_setup(cfg, clf, data, decided_mode="no_grad", directory=tmp_path)
+    assert training.prefix_mode == "no_grad" and ckpts.fingerprint["params"]["training.prefix_mode"] == "no_grad"
+    fit(clf, data, training, ckpts)
+    with caplog.at_level(logging.INFO, logger="toptune.recipe"):
+        again, ckpts = training_setup(cfg, clf, data, decided_mode="cache", directory=tmp_path)
+    assert again.prefix_mode == "no_grad" and ckpts.choose() is not None
+    assert "training.prefix_mode auto: no_grad, as checkpoint" in caplog.text and "(measured now: cache)" in caplog.text
+    # A fresh start (no checkpoint of this configuration) takes the measured choice.
+    fresh, _ = training_setup(cfg, clf, data, decided_mode="cache", directory=tmp_path / "none")
+    assert fresh.prefix_mode == "cache"
 
 
 def test_checkpoints_are_atomic_and_pruned(tiny_qwen3, data, tmp_path):
