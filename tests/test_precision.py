@@ -78,7 +78,7 @@ def test_bf16_split_equals_bf16_stock_forward(tiny_checkpoint):
                 torch.testing.assert_close(split_grads[n], g, atol=1e-3, rtol=1e-2, msg=f"K={k} {side} {n}")
     # bf16 weights do compute something else than fp32 ones (the test is not comparing fp32 twice) …
     fp32 = classifier(tiny_checkpoint, 4)
-    full = forward_logits(fp32.model, b["input_ids"], b["attention_mask"], fp32.first, "no_grad")
+    full = forward_logits(fp32.model, b["input_ids"], b["attention_mask"], fp32.first_trainable_layer, "no_grad")
     assert 0 < (full - split).abs().max() < 0.25  # … and stays near them
 
 
@@ -86,8 +86,8 @@ def test_fp32_path_is_unchanged(tiny_qwen3):
     auto = classifier(tiny_qwen3)  # model.dtype: auto on the CPU
     assert {p.dtype for p in auto.model.parameters()} == {torch.float32}
     b = batch(auto.tokenizer, "right")
-    split = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first, "no_grad")
-    stock = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first, "autograd")
+    split = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_layer, "no_grad")
+    stock = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_layer, "autograd")
     torch.testing.assert_close(split, stock, atol=1e-5, rtol=0)
 
 
