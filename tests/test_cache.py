@@ -255,14 +255,16 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     assert skipped["status"] == "skipped"
 
 
-def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qwen3, data, tmp_path):
+def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qwen3, data, tmp_path, monkeypatch):
     from toptune.pipelines.cache.nodes import build_prefix_cache
     from toptune.pipelines.train.nodes import train_model
 
+    monkeypatch.chdir(tmp_path)  # the train node writes its checkpoints under the project root (here)
     model = {"name_or_path": str(tiny_qwen3), "trainable_layers": 2}
     lora = {"r": 4, "alpha": 8}
+    # resume never: each call trains (under auto, a run would continue the previous call's checkpoint, in its mode)
     training = {"prefix_mode": "auto", "epochs": 2, "batch_size": 8, "progress": False,
-                "cache_dir": str(tmp_path / "cache"), "seed": 7}
+                "cache_dir": str(tmp_path / "cache"), "seed": 7, "resume": "never"}
     label_map = {str(k): v for k, v in ID2LABEL.items()}
     summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
     rates = summary["compute_tokens_per_second"], summary["read_tokens_per_second"]
@@ -272,7 +274,7 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
     assert (tmp_path / "cache" / "manifest.json").is_file() == (summary["prefix_mode"] == "cache")
     # The train node follows the summary's decision (it does not measure again); each way is honoured.
     for decided in ("no_grad", "cache"):
-        *_, train_summary = train_model(data, label_map, model, lora, {**training, "epochs": 1},
+        *_, train_summary = train_model(data, label_map, {}, model, lora, {**training, "epochs": 1},
                                         {**summary, "prefix_mode": decided})
         assert train_summary["prefix_mode"] == decided
     assert (tmp_path / "cache" / "manifest.json").is_file()  # the cache mode built (or reused) it

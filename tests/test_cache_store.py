@@ -203,7 +203,11 @@ def prefetch_threads() -> list[threading.Thread]:
 
 def test_prefetch_thread_ends(tiny_qwen3, data, fresh):
     split = fresh.split("train", data["train"])
-    gen = cached_batches(split, 8, True, 0, True, torch.device("cpu"))
+    batches = cached_batches(split, 8, True, 0, True, torch.device("cpu"))
+
+    def gen(epoch):  # the epoch's batches through the prefetch thread
+        return batches.load(batches.order(epoch))
+
     direct = [split.batch(i, torch.device("cpu")) for i in epoch_indices(split, 8, True, 0, True)]
     got = list(gen(0))  # run to the end: same batches as gathered directly
     assert len(got) == len(direct) and all(torch.equal(a["hidden"], b["hidden"]) for a, b in zip(got, direct))

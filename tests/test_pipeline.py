@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,24 +12,9 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import make_project
+
 QUICK = {"data.sample_rows": 240, "training.epochs": 1, "training.progress": False}
-
-
-def make_project(dest: Path) -> Path:
-    """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    # An absolute store: MLflow caches one engine per URI, and a relative sqlite URI would follow the first
-    # test project's working directory for the rest of this (long-lived) process.
-    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
-    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{dest / 'mlflow.db'}"))
-    (dest / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
-    shutil.copy(ROOT / "pyproject.toml", dest)
-    (dest / "src").mkdir()  # Kedro checks that the source dir exists; the code is the installed package
-    (dest / ".telemetry").write_text("consent: false\n")
-    return dest
 
 
 def nested(params: dict) -> dict:
@@ -75,6 +59,11 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     assert r.data.params["training.prefix_mode"] == "auto" and r.data.tags["prefix_mode"] == "no_grad"
     assert r.data.tags["prefix_mode_reason"].startswith("1 epoch") and "tokens/s" in r.data.tags["prefix_mode_reason"]
     assert r.data.metrics["cache.compute_tokens_per_second"] > 0 and r.data.metrics["cache.used"] == 0
+    # The kept epoch (one here) and why, in the run and in train_summary.json.
+    summary = json.loads((project / "data/08_reporting/train_summary.json").read_text())
+    assert {"val.macro_f1", "val.best_macro_f1"} <= r.data.metrics.keys()
+    assert r.data.tags["best.epoch"] == str(summary["best"]["epoch"]) == "0" and r.data.tags["best.metric"] == "val.macro_f1"
+    assert r.data.tags["best.reason"] == summary["best"]["reason"] and "highest val macro_f1" in summary["best"]["reason"]
     arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}

@@ -26,6 +26,10 @@ PREFIX_MODES = ("auto", "no_grad", "autograd", "cache")
 """How the frozen prefix runs (``training.prefix_mode``)."""
 
 
+METRICS_FOR_BEST = ("macro_f1", "accuracy", "loss")
+"""Validation metrics that can pick the kept epoch (``training.metric_for_best``)."""
+
+
 class ConfigError(ValueError):
     """A parameter has a bad value; the message names it."""
 
@@ -207,6 +211,18 @@ class TrainingConfig:
     bucket_by_length: bool = True
     """``prefix_mode: cache``: batch examples of similar length (less padding), in a seeded random
     batch order; false = the live modes' batches exactly."""
+    checkpoint_every: int | None = None
+    """Optimiser steps between checkpoints under ``data/06_models/checkpoints/`` (trainable weights,
+    optimizer, scheduler, RNG states, position, metric history); 0 or null: only at each epoch's end,
+    where one is always written."""
+    resume: str = "auto"
+    """``auto``: continue the newest complete checkpoint made for this configuration (and its MLflow run);
+    ``never``: start over; a checkpoint directory: continue that one, or fail saying what differs."""
+    metric_for_best: str = "macro_f1"
+    """Validation metric that picks the epoch whose adapter is saved, exported and tested: ``macro_f1``
+    or ``accuracy`` (higher wins), ``loss`` (lower wins)."""
+    early_stopping_patience: int | None = None
+    """Stop once the best epoch lies this many epochs back; null or 0: run every epoch."""
 
     def __post_init__(self) -> None:
         _check(self.prefix_mode in PREFIX_MODES, f"training.prefix_mode={self.prefix_mode!r} must be one of {', '.join(PREFIX_MODES)}")
@@ -220,6 +236,14 @@ class TrainingConfig:
         _check(self.cache_dtype in ("auto", "float32", "bfloat16"),
                f"training.cache_dtype={self.cache_dtype!r} must be auto, float32 or bfloat16")
         _check(isinstance(self.bucket_by_length, bool), f"training.bucket_by_length={self.bucket_by_length!r} must be true or false")
+        _check(self.checkpoint_every is None or (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0),
+               f"training.checkpoint_every={self.checkpoint_every!r} must be a number of steps >= 0 or null")
+        _check(isinstance(self.resume, str) and bool(self.resume.strip()),
+               f"training.resume={self.resume!r} must be auto, never or a checkpoint directory")
+        _check(self.metric_for_best in METRICS_FOR_BEST,
+               f"training.metric_for_best={self.metric_for_best!r} must be one of {', '.join(METRICS_FOR_BEST)}")
+        _check(self.early_stopping_patience is None or (isinstance(self.early_stopping_patience, int) and self.early_stopping_patience >= 0),
+               f"training.early_stopping_patience={self.early_stopping_patience!r} must be a number of epochs >= 0 or null")
 
 
 @dataclass

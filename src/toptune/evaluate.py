@@ -62,7 +62,7 @@ def confusion_figure(logits: np.ndarray, labels: np.ndarray, id2label: dict[int,
 
 
 def curves_figure(result: TrainResult) -> Figure:
-    """Training loss by step, validation loss and accuracy by epoch."""
+    """Training loss by step, validation loss, accuracy and macro-F1 by epoch, the kept epoch marked."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     if result.steps:
         ax_loss.plot([s["step"] for s in result.steps], [s["loss"] for s in result.steps], label="train loss (by step)")
@@ -71,6 +71,10 @@ def curves_figure(result: TrainResult) -> Figure:
     if result.epochs and "val_loss" in result.epochs[0]:
         ax_loss.plot(ends, [e["val_loss"] for e in result.epochs], "o-", label="val loss (by epoch)")
         ax_acc.plot([e["epoch"] + 1 for e in result.epochs], [e["val_accuracy"] for e in result.epochs], "o-", label="val accuracy")
+    if result.epochs and "val_macro_f1" in result.epochs[0]:
+        ax_acc.plot([e["epoch"] + 1 for e in result.epochs], [e["val_macro_f1"] for e in result.epochs], "s--", label="val macro-F1")
+    if result.best is not None:
+        ax_acc.axvline(result.best["epoch"] + 1, color="grey", linestyle=":", label=f"kept: epoch {result.best['epoch'] + 1}")
     ax_loss.set_xlabel("optimiser step")
     ax_loss.set_yscale("log")
     ax_loss.legend()

@@ -1,4 +1,5 @@
-"""Project hooks: MLflow tags on every run (the model bundle records its training run's id)."""
+"""Project hooks: MLflow tags on every run, the kept epoch on a training run (the model bundle records
+its training run's id)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ def prefix_mode_tags(summary: dict) -> dict[str, str]:
     return tags
 
 
+def best_epoch_tags(best: dict | None) -> dict[str, str]:
+    """Tags saying which epoch's adapter the run kept and why (``best.epoch``, ``best.metric``, …)."""
+    if not best:
+        return {}
+    return {"best.epoch": str(best["epoch"]), "best.metric": f"val.{best['metric']}", "best.value": str(best["value"]),
+            "best.epochs_run": str(best["epochs_run"]), "best.stopped_early": str(best["stopped_early"]).lower(),
+            "best.reason": best["reason"]}
+
+
 class ToptuneHooks:
     """Tags the active MLflow run (opened by kedro-mlflow)."""
 
@@ -60,3 +70,5 @@ class ToptuneHooks:
     def after_node_run(self, node, outputs: dict) -> None:
         if node.name == "build_prefix_cache" and mlflow.active_run() is not None:
             mlflow.set_tags(prefix_mode_tags(outputs.get("prefix_cache") or {}))
+        if node.name == "train_model" and mlflow.active_run() is not None:
+            mlflow.set_tags(best_epoch_tags((outputs.get("train_summary") or {}).get("best")))

@@ -1,10 +1,21 @@
 """Kedro project settings."""
 
-from toptune.hooks import ToptuneHooks
-from toptune.pipelines.guards import GuardHooks
-from toptune.pipelines.tracking import TrackingServerHooks
+from toptune import distributed
+from toptune.pipelines.ranks import RankHooks, leave_log_file_to_rank_zero
 
-HOOKS = (ToptuneHooks(), GuardHooks(), TrackingServerHooks())
+leave_log_file_to_rank_zero()  # under torchrun, before the imports below log anything
+
+from toptune.hooks import ToptuneHooks  # noqa: E402
+from toptune.pipelines.guards import GuardHooks  # noqa: E402
+from toptune.pipelines.resume import ResumableMlflowHook  # noqa: E402
+from toptune.pipelines.tracking import TrackingServerHooks  # noqa: E402
+
+# kedro-mlflow's hook is registered here (extended to continue a resumed run's MLflow run) instead of
+# through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow (the
+# tracking server's checks included); the other ranks keep their outputs in memory (RankHooks).
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its metadata name, and the PyPI spelling
+HOOKS = (RankHooks(), ToptuneHooks(), GuardHooks(),
+         *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()))
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toptune import distributed
 from toptune.cache.build import disk_free, row_bytes
 from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
@@ -140,8 +141,10 @@ def choose_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig, path:
 
 def resolve_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig,
                         path: str | Path | None = None) -> tuple[TrainingConfig, PrefixModeChoice | None]:
-    """``cfg`` with ``prefix_mode: auto`` resolved (and the choice); any other mode as given (and None)."""
+    """``cfg`` with ``prefix_mode: auto`` resolved (and the choice); any other mode as given (and None).
+    Under torchrun rank 0 measures and decides, and every process takes its choice (processes that
+    measured for themselves could choose differently, and would then walk different batches)."""
     if cfg.prefix_mode != "auto":
         return cfg, None
-    choice = choose_prefix_mode(clf, data, cfg, path)
+    choice = distributed.broadcast(choose_prefix_mode(clf, data, cfg, path) if distributed.is_main() else None)
     return dataclasses.replace(cfg, prefix_mode=choice.mode), choice

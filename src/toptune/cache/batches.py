@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from toptune.data import batch_indices
-from toptune.train import Batch
+from toptune.train import Batch, Batches
 
 BUCKET_WINDOW = 0
 """Length bucketing sorts windows of this many batches (0 = the whole split)."""
@@ -185,14 +185,14 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
 
 
 def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool,
-                   device: torch.device, depth: int = PREFETCH_BATCHES) -> Callable[[int], Iterable[Batch]]:
-    """``epoch -> batches`` re-padded from the cache, reshuffled per epoch with seed ``seed + epoch``;
-    gathered ahead by a prefetch thread (pinned memory on CUDA), moved to ``device`` as they are used."""
+                   device: torch.device, depth: int = PREFETCH_BATCHES) -> Batches:
+    """Batches re-padded from the cache, reshuffled per epoch with seed ``seed + epoch``: indices first
+    (under torchrun each process takes its share of them), gathered ahead by a prefetch thread (pinned
+    memory on CUDA) and moved to ``device`` as they are used."""
     pin = device.type == "cuda"
 
-    def gen(epoch: int) -> Iterator[Batch]:
-        order = epoch_indices(split, batch_size, shuffle, seed + epoch, bucket)
-        for b in prefetched(lambda idx: split.gather(idx, pin), order, depth, device):
+    def load(indices: Iterable[np.ndarray]) -> Iterator[Batch]:
+        for b in prefetched(lambda idx: split.gather(idx, pin), indices, depth, device):
             yield split.to_device(b, device)
 
-    return gen
+    return Batches(len(split), lambda epoch: epoch_indices(split, batch_size, shuffle, seed + epoch, bucket), load)

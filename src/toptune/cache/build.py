@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from toptune import distributed
 from toptune.cache.fingerprint import fingerprint, fingerprint_key, storage_dtype
 from toptune.cache.forward import pool_index, run_prefix
 from toptune.cache.plan import SHARD_BYTES, ShardJob, jobs_of_rank, plan_shards, shard_bytes_of
@@ -204,45 +205,89 @@ def finish_cache(clf, cfg: TrainingConfig, path: str | Path, fp: dict, plan: lis
 def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path, fp: dict | None = None,
                 progress: bool = True, reason: str = "no cache", shard_bytes: int = SHARD_BYTES,
                 free_bytes: Callable[[Path], int] = disk_free) -> PrefixCache:
-    """Build (or finish) the cache at ``path`` in this process: every shard job, then the manifest."""
+    """Build (or finish) the cache at ``path``: every shard job, then the manifest.
+
+    Under torchrun every process builds its share of the jobs (``i % world == rank``) into the one
+    directory, rank 0 writes the manifest once all are done, and every process reads it. Where a
+    process cannot read it (machine-local disks: each machine holds only its processes' shards), each
+    machine's first process then completes its own copy (:func:`toptune.distributed.in_turn`).
+    """
     t0 = time.perf_counter()
     fp = fp or fingerprint(clf, data, cfg)
     plan = plan_shards(data, row_bytes(clf, cfg), shard_bytes)
-    report = build_shards(clf, data, cfg, path, fp, plan, progress=progress, free_bytes=free_bytes)
+    report = build_shards(clf, data, cfg, path, fp, plan, distributed.rank(), distributed.world(),
+                          progress=progress and distributed.is_main(), free_bytes=free_bytes)
+    distributed.barrier()
     seconds = time.perf_counter() - t0
-    finish_cache(clf, cfg, path, fp, plan, seconds)
+    if distributed.is_main():
+        try:
+            finish_cache(clf, cfg, path, fp, plan, seconds)
+        except CacheInvalid as e:  # another machine's shards are on its own disk
+            log.info("prefix cache at %s: %s", path, e)
+    distributed.barrier()
+    if not all(distributed.all_gather(_readable(path, fp))):
+        log.info("prefix cache at %s is not on a disk every process sees: each machine completes its own copy", path)
+
+        def complete_here() -> None:
+            if not _readable(path, fp):
+                build_shards(clf, data, cfg, path, fp, plan, progress=progress, free_bytes=free_bytes)
+                finish_cache(clf, cfg, path, fp, plan, time.perf_counter() - t0)
+
+        distributed.in_turn(complete_here)
     cache = load_cache(path, fp, verify=False)  # each shard was hashed as written or checked on resume
     cache.status, cache.build_seconds, cache.reason, cache.resumed_shards = "built", seconds, reason, report.resumed
-    log.info("prefix cache built at %s in %.1f s: %d shard(s) written, %d resumed, %s on disk (%s)", cache.path,
+    log.info("prefix cache built at %s in %.1f s: %d shard(s) written here, %d resumed, %s on disk (%s)", cache.path,
              seconds, report.built, report.resumed, human_bytes(cache.bytes), cache.manifest["dtype"])
     return cache
+
+
+def _readable(path: str | Path, fp: dict) -> bool:
+    """Whether this process finds a complete cache for ``fp`` at ``path`` (sizes checked, not hashes)."""
+    try:
+        load_cache(path, fp, verify=False)
+        return True
+    except CacheInvalid:
+        return False
+
+
+def _unusable(path: Path, fp: dict, data: dict[str, Encoded], verify: bool) -> str | None:
+    """Why the cache at ``path`` cannot serve ``data`` (None: it can)."""
+    try:
+        cache = load_cache(path, fp, verify)
+        for name, enc in data.items():  # the data hash says so; lengths are a cheap second check
+            if name not in cache.manifest["splits"] or not np.array_equal(cache.lengths(name), enc.lengths()):
+                return f"split {name} disagrees with the data"
+    except CacheInvalid as e:
+        return str(e)
+    return None
 
 
 def prepare_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path | None = None,
                   progress: bool | None = None, rebuild: bool = False) -> PrefixCache:
     """Reuse the cache at ``path`` (default ``training.cache_dir``) when it is complete and valid for
     this model, split, tokenizer, max_length, dtype and data; otherwise say why and build it
-    (resuming the complete shards of an interrupted build of the same fingerprint)."""
+    (resuming the complete shards of an interrupted build of the same fingerprint). Under torchrun
+    every process calls it: rank 0 checks the shards' hashes, the others their sizes, and all reuse
+    the cache only if every one of them can; else they build it together (:func:`build_cache`)."""
     path = Path(path or cfg.cache_dir)
     progress = cfg.progress if progress is None else progress
     fp = fingerprint(clf, data, cfg)
     dropout = float(getattr(backbone(clf.model).config, "attention_dropout", 0.0) or 0.0)
-    if dropout > 0:
+    if dropout > 0 and distributed.is_main():
         log.warning("the model's attention_dropout is %s: the prefix is cached in eval mode (no dropout), "
                     "the live no_grad prefix would apply it", dropout)
     if rebuild:
-        remove_cache(path)
+        if distributed.is_main():
+            remove_cache(path)
+        distributed.barrier()
         return build_cache(clf, data, cfg, path, fp, progress, reason="rebuild requested")
-    try:
-        cache = load_cache(path, fp)
-        for name, enc in data.items():  # the data hash says so; lengths are a cheap second check
-            if name not in cache.manifest["splits"] or not np.array_equal(cache.lengths(name), enc.lengths()):
-                raise CacheInvalid(f"split {name} disagrees with the data")
-    except CacheInvalid as e:
-        if str(e).startswith("no cache at"):
+    reason = next((r for r in distributed.all_gather(_unusable(path, fp, data, verify=distributed.is_main())) if r), None)
+    if reason is not None:
+        if reason.startswith("no cache at"):
             log.info("no prefix cache at %s yet; building it", path)
         else:
-            log.warning("prefix cache at %s is not usable: %s; rebuilding", path, e)
-        return build_cache(clf, data, cfg, path, fp, progress, reason=str(e))
+            log.warning("prefix cache at %s is not usable: %s; rebuilding", path, reason)
+        return build_cache(clf, data, cfg, path, fp, progress, reason=reason)
+    cache = load_cache(path, fp, verify=False)  # checked just now
     log.info("prefix cache at %s reused (%s, fingerprint matches)", path, human_bytes(cache.bytes))
     return cache

@@ -12,11 +12,10 @@ import contextlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from toptune.cache.batches import bucketing_padding, cached_batches, epoch_indices, prefetched
+from toptune.cache.batches import bucketing_padding, cached_batches
 from toptune.cache.build import prepare_cache
 from toptune.cache.forward import cached_logits
 from toptune.cache.read import PrefixCache
@@ -24,7 +23,8 @@ from toptune.cache.store import human_bytes
 from toptune.config import TrainingConfig
 from toptune.data import Encoded
 from toptune.model import backbone
-from toptune.train import EvalResult, TrainResult, run_eval, train
+from toptune.checkpoint import Checkpoints
+from toptune.train import EvalResult, TrainResult, eval_split, train
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def prefix_offloaded(clf):
 
 
 def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: PrefixCache | None = None,
-               cache_dir: str | Path | None = None) -> TrainResult:
+               cache_dir: str | Path | None = None, checkpoints: Checkpoints | None = None) -> TrainResult:
     """Train on ``data['train']`` from the prefix cache (built or reused first), validating on the
     cached ``data['val']`` each epoch; same loop, optimiser and schedule as the live modes.
 
@@ -90,21 +90,14 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(clf.model, train_b, len(train_split), cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device,
-                     (lambda: val_b(0)) if val_b is not None else None)
+        return train(clf.model, train_b, cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device, val_b, checkpoints)
 
 
 def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size: int,
                    bucket: bool = True) -> EvalResult:
-    """Logits of every example of split ``name`` from the cache, in the split's order."""
+    """Logits of every example of split ``name`` from the cache, in the split's order (under torchrun the
+    processes split the batches and every one gets all the logits)."""
     split = cache.split(name, enc)
-    idx = epoch_indices(split, batch_size, False, 0, bucket)
-    pin = clf.device.type == "cuda"
-    with prefix_offloaded(clf), contextlib.closing(prefetched(lambda i: split.gather(i, pin), idx, device=clf.device)) as ahead:
-        batches = (split.to_device(b, clf.device) for b in ahead)
-        ev = run_eval(clf.model, batches, cached_logits(clf.model, clf.first_trainable_layer), clf.device)
-    order = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
-    logits = np.empty_like(ev.logits)
-    labels = np.empty_like(ev.labels)
-    logits[order], labels[order] = ev.logits, ev.labels
-    return EvalResult(logits, labels)
+    with prefix_offloaded(clf):
+        return eval_split(clf.model, cached_batches(split, batch_size, False, 0, bucket, clf.device),
+                          cached_logits(clf.model, clf.first_trainable_layer), clf.device)

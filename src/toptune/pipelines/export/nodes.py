@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from toptune import distributed
 from toptune.bundle import read_bundle, read_examples
 from toptune.config import from_dict
 from toptune.export import ExportConfig, MergedCheckpoint, export_bundle
@@ -24,7 +25,10 @@ def merge_model(adapter: str, export_params: dict) -> tuple[MergedCheckpoint, di
 
 
 def log_model(merged_model: str, export_params: dict) -> dict:
-    """Log the merged bundle as a pyfunc model to the run that trained it (else the export run); register it."""
+    """Log the merged bundle as a pyfunc model to the run that trained it (else the export run); register it.
+    Under ``torchrun`` rank 0 alone logs (the others return an empty record, kept in memory)."""
+    if not distributed.is_main():
+        return {}
     cfg = from_dict(ExportConfig, export_params, "export")
     bundle = read_bundle(merged_model, "merged")
     example = read_examples(merged_model).head(cfg.example_rows)

@@ -8,52 +8,52 @@ import logging
 import mlflow
 import pandas as pd
 
+from toptune import distributed
 from toptune.adapters import lora_blocks
 from toptune.bundle import Bundle, base_identity
 from toptune.config import RunConfig
 from toptune.data import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import (
-    Classifier,
-    build_classifier,
-    check_split,
-    describe,
-    fit,
-    resolve_model_path,
-)
+from toptune.recipe import Classifier, build_classifier, check_split, describe, fit, resolve_model_path, training_setup
 from toptune.train import seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict, lora_params: dict,
-                training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
-    """Train; returns the classifier (in memory), its PEFT model (bundled as the adapter), MLflow metric
-    histories (training by step/epoch, validation by epoch, model facts) and the run summary.
-    ``prefix_cache`` (the cache node's summary) orders this node after the cache build, whose
-    fingerprinted cache ``fit`` then reuses in ``cache`` mode, and says what ``auto`` resolved to."""
-    cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
-    if cfg.training.prefix_mode == "auto":  # decided once, by the cache node (fit decides if it did not)
-        cfg.training = dataclasses.replace(cfg.training, prefix_mode=prefix_cache.get("prefix_mode", "auto"))
+def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_params: dict, model_params: dict,
+                lora_params: dict, training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
+    """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (bundled as
+    the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
+    the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
+    them (``training.checkpoint_every``, ``training.resume``). ``prefix_cache`` (the cache node's
+    summary) orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses in
+    ``cache`` mode, and says what ``auto`` resolved to (a resumed run keeps its checkpoint's mode)."""
+    cfg = RunConfig.from_params({"data": data_params, "model": model_params, "lora": lora_params, "training": training_params})
     seed_everything(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
-    log.info("model: %s; prefix_mode=%s on %s", facts, cfg.training.prefix_mode, clf.device)
     check = check_split(clf, tokenised["train"], cfg.training.batch_size)
     log.info("split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
              check["max_abs_logit_diff"], check["rows"], check["tolerance"])
-    result = fit(clf, tokenised, cfg.training)
+    run = mlflow.active_run()  # rank 0 only: the other processes do not track
+    training, checkpoints = training_setup(cfg, clf, tokenised, prefix_cache.get("prefix_mode"), run.info.run_id if run else None)
+    log.info("model: %s; prefix_mode=%s on %s, %d process(es)", facts, training.prefix_mode, clf.device, distributed.world())
+    result = fit(clf, tokenised, training, checkpoints)
+    if result.best is not None:
+        log.info("kept epoch %d: %s", result.best["epoch"], result.best["reason"])
     train_history = {
         **metric_series(result.steps, "step", ["loss", "lr"]),
         **metric_series(result.epochs, "epoch", ["train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"),
         **metric_items({"seconds": result.train_seconds}),
     }
-    val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy"])
+    val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy", "val_macro_f1"])
     val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
+    if result.best is not None and result.best["value"] is not None:  # the kept epoch's value, at its epoch
+        val_history[f"best_{result.best['metric']}"] = [{"value": float(result.best["value"]), "step": result.best["epoch"]}]
     model_facts = metric_items({**{k: v for k, v in facts.items() if isinstance(v, int)},
                                 **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"}})
-    summary = {"model": facts, "device": str(clf.device), "prefix_mode": cfg.training.prefix_mode,
-               "split_check": check, **dataclasses.asdict(result)}
+    summary = {"model": facts, "device": str(clf.device), "processes": distributed.world(),
+               "prefix_mode": training.prefix_mode, "split_check": check, **dataclasses.asdict(result)}
     return clf, clf.model, train_history, val_history, model_facts, summary
 
 

@@ -1,0 +1,61 @@
+"""Run by tests/test_ddp.py, alone and under ``torchrun``: train a tiny classifier in every live prefix
+mode through the library (``recipe.fit`` / ``recipe.predict``) and save what rank 0 ends with.
+
+    python tests/ddp_worker.py MODEL_DIR OUT_DIR
+    torchrun --nproc-per-node 2 tests/ddp_worker.py MODEL_DIR OUT_DIR
+
+57 training rows in global batches of 8: the last batch holds one row, so under two processes one of
+them has an empty share of it (it still takes part in the all-reduce).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from toptune import distributed
+from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
+from toptune.data import Encoded, encode, prepare_table
+from toptune.recipe import build_classifier, fit, predict
+from toptune.tokenizer import load_tokenizer
+from toptune.train import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
+MODES = ("no_grad", "autograd")
+
+
+def splits(model_dir: str, n_train: int = 57) -> dict[str, Encoded]:
+    """``n_train`` training rows, then 17 validation and 16 test rows of the bundled table."""
+    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(90), DataConfig()).table
+    label2id = {v: k for k, v in ID2LABEL.items()}
+    enc = encode(table["text"].tolist(), load_tokenizer(model_dir), 64, [label2id[x] for x in table["label"]], table["id"].tolist())
+
+    def part(a: int, b: int) -> Encoded:
+        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
+
+    return {"train": part(0, n_train), "val": part(57, 74), "test": part(74, 90)}
+
+
+def main(model_dir: str, out: str) -> None:
+    data = splits(model_dir)
+    for mode in MODES:
+        seed_everything(0)
+        clf = build_classifier(ModelConfig(name_or_path=model_dir, trainable_layers=2), LoraSettings(r=4, alpha=8),
+                               ID2LABEL, seed=0, device="cpu")
+        cfg = TrainingConfig(prefix_mode=mode, epochs=2, batch_size=8, eval_batch_size=8, lr=3e-3, log_every=1, progress=False)
+        result = fit(clf, data, cfg)
+        test = predict(clf, data["test"], 8)
+        if distributed.is_main():
+            torch.save({"losses": [s["loss"] for s in result.steps], "epochs": result.epochs, "best": result.best,
+                        "test_logits": torch.from_numpy(test.logits), "world": distributed.world(),
+                        "adapter": {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}},
+                       Path(out) / f"{mode}.pt")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,85 @@
+"""Several processes through torchrun, started the way a user starts them (gloo, 2 CPU processes,
+OMP_NUM_THREADS=1), against one process with the same global batch.
+
+- the library in the live prefix modes (``tests/ddp_worker.py`` under ``torchrun``): the same losses
+  (rtol 1e-4), adapter (atol 1e-5) and test logits, with a process holding an empty share of the last batch;
+- ``torchrun --nproc-per-node 2 .venv/bin/kedro run`` in cache mode: the same loss trajectory and
+  adapter, the same test metrics, exactly one MLflow run, and every file written by rank 0 only, once,
+  but the prefix cache's shards, which each process builds its share of (an audit hook in each process
+  records what it opens for writing, creates, renames, removes or connects to).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from conftest import make_project
+from kedro_proc import BIN, run, torchrun
+
+HERE = Path(__file__).resolve().parent
+
+def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    worker = str(HERE / "ddp_worker.py")
+    run([sys.executable, worker, str(tiny_qwen3), str(one)], tmp_path)
+    run(torchrun(worker, str(tiny_qwen3), str(two)), tmp_path)
+    for mode in ("no_grad", "autograd"):
+        a, b = (torch.load(d / f"{mode}.pt", weights_only=True) for d in (one, two))
+        assert (a["world"], b["world"]) == (1, 2)
+        assert len(a["losses"]) == len(b["losses"]) == 16  # 8 global batches (the last one of 1 row) × 2 epochs
+        np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4, err_msg=mode)
+        assert a["adapter"].keys() == b["adapter"].keys()
+        for name in a["adapter"]:
+            torch.testing.assert_close(b["adapter"][name], a["adapter"][name], atol=1e-5, rtol=0, msg=f"{mode} {name}")
+        torch.testing.assert_close(b["test_logits"], a["test_logits"], atol=1e-5, rtol=0)
+        assert a["best"] == b["best"] and [e["val_macro_f1"] for e in a["epochs"]] == [e["val_macro_f1"] for e in b["epochs"]]
+
+
+def audit_rows(path: Path) -> list[tuple[str, str, str]]:
+    return [tuple(line.split("\t")) for line in path.read_text().splitlines()]
+
+
+def test_kedro_run_under_torchrun_equals_one_process(reference_run, tmp_path):
+    one, params = reference_run
+    two = make_project(tmp_path / "two")
+    params += ",training.resume=never"
+    audit = tmp_path / "audit" / "writes.tsv"
+    audit.parent.mkdir()
+    run(torchrun(str(BIN / "kedro"), "run", "--params", params), two, audit)
+
+    a, b = (json.loads((p / "data/08_reporting/train_summary.json").read_text()) for p in (one, two))
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert [s["step"] for s in a["steps"]] == [s["step"] for s in b["steps"]] and len(a["steps"]) == 48
+    np.testing.assert_allclose([s["loss"] for s in b["steps"]], [s["loss"] for s in a["steps"]], rtol=1e-4)
+    wa, wb = (load_file(p / "data/06_models/adapter/adapter_model.safetensors") for p in (one, two))
+    assert wa.keys() == wb.keys()
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) <= 1e-5
+    ma, mb = (json.loads((p / "data/08_reporting/metrics.json").read_text()) for p in (one, two))
+    assert (ma["accuracy"], ma["macro_f1"]) == (mb["accuracy"], mb["macro_f1"])
+
+    db = sqlite3.connect(two / "mlflow.db")
+    assert db.execute("select status from runs").fetchall() == [("FINISHED",)], "one MLflow run per job, not one per process"
+    assert db.execute("select count(*) from metrics where key = 'train.loss'").fetchone()[0] == 48
+
+    # Kedro logs "Using 'conf/logging.yml'…" to toptune.log in every process before any project code runs;
+    # settings.py then leaves that file to rank 0. Every other path counts.
+    rows = [r for r in audit_rows(audit) if r[2] != "toptune.log"]
+    assert {r for r, _, _ in rows} == {"0", "1"}
+    # Rank 1 built its share of the prefix cache's shards (its files only, never the manifest); nothing else.
+    elsewhere = [x for x in rows if x[0] != "0" and not x[2].startswith("data/04_feature/prefix_cache")]
+    assert not elsewhere, f"a process other than rank 0 touched the project: {elsewhere[:5]}"
+    shards = {p for r, e, p in rows if r == "1" and e in ("os.rename", "os.replace")}
+    assert shards and not any(p.endswith("manifest.json") for p in shards), shards
+    writes = Counter(p for _, event, p in rows if event == "open" and p.startswith("data/"))
+    assert {"data/08_reporting/metrics.json", "data/08_reporting/train_summary.json", "data/04_feature/prefix_cache.json"} <= writes.keys()
+    assert ("0", "os.rename", "data/06_models/adapter") in rows  # the adapter bundle, staged then renamed into place
+    assert max(writes.values()) == 1, f"files written more than once: {[p for p, n in writes.items() if n > 1]}"
