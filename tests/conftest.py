@@ -93,3 +93,23 @@ def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
     project = make_project(tmp_path_factory.mktemp("reference"))
     run([str(BIN / "kedro"), "run", "--params", f"{params},training.resume=never,training.checkpoint_every=2"], project)
     return project, params
+
+
+@pytest.fixture(scope="session")
+def data(tokenizer):
+    """60 rows of the bundled table, encoded: train 36, val 12, test 12 (the cache tests' splits)."""
+    import pandas as pd
+
+    from toptune.config import DataConfig
+    from toptune.data import Encoded, encode, prepare_table
+
+    from test_split import ID2LABEL
+
+    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig()).table
+    label2id = {v: k for k, v in ID2LABEL.items()}
+    enc = encode(table["text"].tolist(), tokenizer, 64, [label2id[x] for x in table["label"]], table["id"].tolist())
+
+    def part(a, b):
+        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
+
+    return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}

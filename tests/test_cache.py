@@ -11,14 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from toptune.cache import (CacheInvalid, bucketed_indices, fingerprint, fit_cached, load_cache, padding_fraction,
                            predict_cached, prepare_cache)
-from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded, batch_indices, collate, encode, prepare_table
+from toptune.config import LoraSettings, ModelConfig, TrainingConfig
+from toptune.data import Encoded, batch_indices, collate
 from toptune.model import backbone
 from toptune.split import run_prefix
 from toptune.recipe import build_classifier, fit, predict
@@ -27,18 +26,6 @@ from test_split import ID2LABEL, classifier  # the tiny classifier with random a
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("model_weights", "first_trainable_layer", "tokenizer", "max_length", "dtype", "data")
-
-
-@pytest.fixture(scope="module")
-def data(tokenizer) -> dict[str, Encoded]:
-    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig()).table
-    label2id = {v: k for k, v in ID2LABEL.items()}
-    enc = encode(table["text"].tolist(), tokenizer, 64, [label2id[x] for x in table["label"]], table["id"].tolist())
-
-    def part(a, b):
-        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
-
-    return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
 
 
 def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:

@@ -33,7 +33,7 @@ from toptune.cache.plan import shard_bytes_of
 from toptune.config import TrainingConfig
 from toptune.tiny import TinyQwenSpec, write_tiny_qwen
 
-from test_cache import config, data, stored_rows  # noqa: F401  (data: the 60-row fixture)
+from test_cache import config, stored_rows
 from test_split import classifier
 
 SHARD = 16 << 10
