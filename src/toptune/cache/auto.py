@@ -26,7 +26,7 @@ from toptune import distributed
 from toptune.cache.build import disk_free, row_bytes
 from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
-from toptune.cache.atomic import temp_path
+from toptune.atomic import temp_path
 from toptune.cache.store import cache_files, human_bytes
 from toptune.config import TrainingConfig
 from toptune.data import Encoded, batch_indices, collate

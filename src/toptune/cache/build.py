@@ -29,7 +29,7 @@ from toptune.cache.fingerprint import fingerprint, fingerprint_key, storage_dtyp
 from toptune.cache.forward import pool_index, run_prefix
 from toptune.cache.plan import SHARD_BYTES, ShardJob, jobs_of_rank, plan_shards, shard_bytes_of
 from toptune.cache.read import PrefixCache, load_cache
-from toptune.cache.atomic import AtomicFile, write_index
+from toptune.atomic import AtomicFile, write_index
 from toptune.cache.store import (MANIFEST, CacheDiskFull, CacheInvalid, files_of, human_bytes, read_receipt,
                                  remove_cache, remove_leftovers, write_manifest, write_receipt)
 from toptune.config import TrainingConfig

@@ -27,7 +27,7 @@ import socket
 import sys
 from pathlib import Path
 
-from toptune.cache.atomic import write_atomic
+from toptune.atomic import write_atomic
 from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprint_key
 from toptune.cache.plan import ShardJob
 

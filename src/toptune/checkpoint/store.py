@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from toptune.atomic import fsync_path
 from toptune.config import ConfigError
 from toptune.debris import clear_debris
 
@@ -64,14 +65,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def job_key(fingerprint: dict) -> str:
     """12 hex digits naming the fingerprint (the checkpoints of one job share it)."""
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -88,12 +81,12 @@ def write(directory: Path, name: str, state: dict, meta: dict) -> Checkpoint:
             "created": time.time()}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     for f in (tmp / STATE, tmp / META, tmp):
-        _fsync(f)
+        fsync_path(f)
     final = directory / name
     if final.exists():  # the same step written again after a resume: the same state, replace it
         shutil.rmtree(final)
     tmp.rename(final)
-    _fsync(directory)
+    fsync_path(directory)
     return Checkpoint(final, meta)
 
 

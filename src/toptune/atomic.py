@@ -1,4 +1,5 @@
-"""Files written whole or not at all: a temporary name, fsync, then rename into place.
+"""Files written whole or not at all (the prefix cache's shards and manifest; checkpoints fsync through
+:func:`fsync_path`): a temporary name, fsync, then rename into place.
 
 A temporary file is named ``.<name>.tmp-<host>-<pid>``, so a later build can tell the leftovers of
 a dead process (removed) from the files a live one is writing (left alone).
@@ -18,8 +19,9 @@ def temp_path(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -48,7 +50,7 @@ class AtomicFile:
         os.fsync(self._f.fileno())
         self._f.close()
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_path(self.final.parent)
         return {"bytes": self.bytes, "sha256": self._sha.hexdigest()}
 
     def abort(self) -> None:
