@@ -203,7 +203,7 @@ def prefetch_threads() -> list[threading.Thread]:
 
 def test_prefetch_thread_ends(tiny_qwen3, data, fresh):
     split = fresh.split("train", data["train"])
-    batches = cached_batches(split, 8, True, 0, True, torch.device("cpu"))
+    batches = cached_batches(split, 8, True, 0, True, torch.device("cpu"), depth=2)
 
     def gen(epoch):  # the epoch's batches through the prefetch thread
         return batches.load(batches.order(epoch))
@@ -230,6 +230,21 @@ def test_prefetch_thread_ends(tiny_qwen3, data, fresh):
         assert list(prefetched(make, range(10), depth=2)) == []
     assert not prefetch_threads()
     assert list(prefetched(lambda i: i * i, range(50), depth=1)) == [i * i for i in range(50)]
+
+
+def test_cpu_batches_load_in_the_callers_thread(data, fresh):
+    """On the CPU the default is no prefetch thread (its OpenMP pool would fight training's for the cores);
+    the batches are the same as the thread's."""
+    split = fresh.split("train", data["train"])
+    default = cached_batches(split, 8, True, 0, True, torch.device("cpu"))
+    it = default.load(default.order(0))
+    first = next(it)
+    assert not prefetch_threads()
+    got = [first, *it]
+    threaded = cached_batches(split, 8, True, 0, True, torch.device("cpu"), depth=2)
+    want = list(threaded.load(threaded.order(0)))
+    assert len(got) == len(want) and all(torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["labels"], b["labels"])
+                                         for a, b in zip(got, want))
 
 
 # ---------------------------------------------------------------------------------------------------
