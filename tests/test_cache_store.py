@@ -7,8 +7,8 @@ Tiny checkpoints and rows of the bundled table; small shards (16 KiB) so the spl
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import dataclasses
 import ctypes
 import gc
 import json
@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,26 +92,23 @@ def test_ranks_build_their_shares_then_one_manifest(tiny_qwen3, data, tmp_path, 
 
 
 def test_interrupted_build_resumes_from_complete_shards(tiny_qwen3, data, tmp_path, fresh):
-    """Ctrl-C (a KeyboardInterrupt in the main thread) once two shards are complete, then a rerun."""
+    """Ctrl-C (a real SIGINT to this process) once two shards are complete, then a rerun."""
     clf, cfg = classifier(tiny_qwen3), config(tmp_path)
     fp, path = fingerprint(clf, data, cfg), tmp_path / "cache"
-    stop = threading.Event()
 
-    def ctrl_c_after_two_shards():
-        while not stop.is_set():
-            if path.is_dir() and len(receipts(path)) >= 2:
-                _thread.interrupt_main()
-                return
-            time.sleep(0.001)
+    class CtrlCAfterTwoShards(list):
+        """Token ids that send this process SIGINT when the build reads them after two shards are
+        complete: the interrupt lands mid-build on every machine, however fast (a watcher thread
+        polling for receipts lost the race to a 0.1 s build on a busy machine)."""
 
-    watcher = threading.Thread(target=ctrl_c_after_two_shards)
-    watcher.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            build_cache(clf, data, cfg, path, fp, progress=False, shard_bytes=SHARD)
-    finally:
-        stop.set()
-        watcher.join()
+        def __getitem__(self, i):
+            if len(receipts(path)) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().__getitem__(i)
+
+    interrupted = {k: dataclasses.replace(v, input_ids=CtrlCAfterTwoShards(v.input_ids)) for k, v in data.items()}
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(clf, interrupted, cfg, path, fp, progress=False, shard_bytes=SHARD)
     done = receipts(path)
     total = len(plan_shards(data, row_bytes(clf, cfg), SHARD))
     assert 2 <= len(done) < total and not temps(path), "a Ctrl-C leaves complete shards and no temp file"
@@ -141,7 +137,7 @@ def test_truncated_shard_is_rebuilt_alone(tiny_qwen3, data, tmp_path, fresh):
 
 
 KILLED_BUILD = """
-import os, pickle, signal, sys, threading, time
+import dataclasses, os, pickle, signal, sys
 from pathlib import Path
 from toptune.cache import build_cache
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
@@ -150,11 +146,12 @@ checkpoint, data_file, out, shard = sys.argv[1:5]
 out, data = Path(out), pickle.load(open(data_file, "rb"))
 clf = build_classifier(ModelConfig(name_or_path=checkpoint, trainable_layers=2), LoraSettings(r=4, alpha=8),
                        {0: "negative", 1: "neutral", 2: "positive"}, seed=0, device="cpu")
-def kill_mid_shard():  # kill -9 once a shard is complete and the next one is half written
-    while not (out.is_dir() and list(out.glob("*.done.json")) and list(out.glob(".*.bin.tmp-*"))):
-        time.sleep(0.0005)
-    os.kill(os.getpid(), signal.SIGKILL)
-threading.Thread(target=kill_mid_shard, daemon=True).start()
+class KillMidShard(list):  # kill -9 when the build reads tokens once a shard is complete and the next one's file is open
+    def __getitem__(self, i):
+        if list(out.glob("*.done.json")) and list(out.glob(".*.bin.tmp-*")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(i)
+data = {k: dataclasses.replace(v, input_ids=KillMidShard(v.input_ids)) for k, v in data.items()}
 build_cache(clf, data, TrainingConfig(progress=False), out, progress=False, shard_bytes=int(shard))
 """
 
