@@ -7,6 +7,7 @@ message naming the row and column.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import string
 from dataclasses import dataclass
@@ -221,6 +222,27 @@ class Encoded:
 
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+DIGEST_CHUNK = 1024
+"""Examples hashed per update by :func:`token_digest`: it never holds more than this many examples' ids."""
+
+
+def token_digest(data: dict[str, Encoded], labels: bool = False) -> str:
+    """sha256 of every split's token ids (and with ``labels`` its class indices), ``DIGEST_CHUNK``
+    examples at a time."""
+    h = hashlib.sha256()
+    for name in sorted(data):
+        enc = data[name]
+        h.update(f"{name}:{len(enc)}".encode())
+        h.update(enc.lengths().tobytes())
+        for i in range(0, len(enc), DIGEST_CHUNK):
+            ids = enc.input_ids[i : i + DIGEST_CHUNK]
+            n = sum(len(x) for x in ids)
+            h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64, count=n).data)
+        if labels:
+            h.update(np.asarray(enc.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def encode(texts: list[str], tokenizer, max_length: int, labels: list[int] | None = None,

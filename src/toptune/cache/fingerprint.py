@@ -11,20 +11,17 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from toptune.config import TrainingConfig
-from toptune.data import Encoded
+from toptune.data import Encoded, token_digest
 from toptune.model import backbone
 from toptune.precision import DTYPES, weights_dtype
 
 CACHE_FORMAT = 2
 """Version of the on-disk layout (2: raw shards streamed to disk, read through memory maps); a
 cache of another version is rebuilt."""
-_DATA_CHUNK = 1024
-"""Examples hashed per update: the data hash never holds more than this many examples' ids."""
 
 # Config keys that do not change the prefix's output (labels only name the score head's rows).
 _CONFIG_KEYS_IGNORED = {"id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "name_or_path",
@@ -102,20 +99,6 @@ def tokenizer_hash(tokenizer) -> str:
     return h.hexdigest()
 
 
-def data_hash(data: dict[str, Encoded]) -> str:
-    """sha256 of the token ids of every split, hashed ``_DATA_CHUNK`` examples at a time."""
-    h = hashlib.sha256()
-    for name in sorted(data):
-        enc = data[name]
-        h.update(f"{name}:{len(enc)}".encode())
-        h.update(enc.lengths().tobytes())
-        for i in range(0, len(enc), _DATA_CHUNK):
-            ids = enc.input_ids[i : i + _DATA_CHUNK]
-            n = sum(len(x) for x in ids)
-            h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64, count=n).data)
-    return h.hexdigest()
-
-
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -145,7 +128,7 @@ def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig) -> dict:
         "max_length": cfg.max_length,
         "dtype": dtype_name(storage_dtype(cfg, clf.model)),
         "compute": compute_dtype(clf.model, clf.device),
-        "data": data_hash(data),
+        "data": token_digest(data),
     }
 
 

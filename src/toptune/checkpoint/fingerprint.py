@@ -26,10 +26,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 
 from toptune.config import DEFAULT_MODEL_PATH, RunConfig
-from toptune.data import Encoded
+from toptune.data import Encoded, token_digest
 
 FORMAT = 1
 """Version of the checkpoint layout; a checkpoint of another version is not used."""
@@ -93,23 +92,10 @@ def path_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def data_digest(data: dict[str, Encoded]) -> str:
-    """sha256 of every split's token ids and labels, split by split."""
-    h = hashlib.sha256()
-    for name in sorted(data):
-        enc = data[name]
-        h.update(f"{name}:{len(enc)}".encode())
-        h.update(enc.lengths().tobytes())
-        if len(enc):
-            h.update(np.fromiter((t for x in enc.input_ids for t in x), dtype=np.int64).tobytes())
-            h.update(np.asarray(enc.labels, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
 def fingerprint(cfg: RunConfig, world: int, device_type: str, data: dict[str, Encoded] | None = None) -> dict:
     """The fingerprint of a run of ``cfg`` on ``world`` processes (``data`` None: not known yet)."""
     return {"format": FORMAT, "params": relevant_params(cfg), "model": model_identity(cfg.model.name_or_path),
-            "data": data_digest(data) if data is not None else None, "world": world, "device": device_type}
+            "data": token_digest(data, labels=True) if data is not None else None, "world": world, "device": device_type}
 
 
 def _short(v: object) -> object:
