@@ -52,19 +52,21 @@ def assert_no_trace(body: dict, root: Path) -> None:
     assert str(root) not in text and "site-packages" not in text, body
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+def wait_answer(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Wait until ``url`` answers 200; fail with the tail of ``log`` when ``proc`` (``what``) exits or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    pytest.fail(f"no answer on {url}/ping within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"no answer on {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
@@ -85,7 +87,7 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc, log)
+        wait_answer(url + "/ping", proc, log, "mlflow models serve")
         status, body = post(url + "/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
         assert status == 200, body
         preds = body["predictions"]

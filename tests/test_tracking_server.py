@@ -9,9 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
 from test_pipeline import make_project, nested
-from test_serve import free_port
+from test_serve import free_port, wait_answer
 
 from toptune.pipelines import tracking
 from toptune.pipelines.tracking import RUN_HTTP_LIMITS, TrackingServerError
@@ -41,21 +38,6 @@ QUICK = {"data.sample_rows": 120, "training.progress": False}
 def script_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     return {**env, **extra}
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the tracking server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"no answer on {url}/health within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def as_user(monkeypatch, user: tuple[str, str] | None) -> None:
@@ -78,7 +60,7 @@ def server(tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log)
+        wait_answer(url + "/health", proc, log, "the tracking server", STARTUP_TIMEOUT_S)
         with pytest.MonkeyPatch.context() as mp:
             as_user(mp, ADMIN)
             users = get_app_client("basic-auth", tracking_uri=url)
