@@ -99,9 +99,9 @@ def test_interrupted_build_resumes_from_complete_shards(tiny_qwen3, data, tmp_pa
 
     class CtrlCAfterTwoShards(list):
         """Token ids that raise KeyboardInterrupt — what Ctrl-C raises in the main thread — when the build
-        reads them after two shards are complete: mid-build on every machine, however fast. (A watcher
-        thread racing a 0.1 s build, and a SIGINT sent to this process, both failed to interrupt it in
-        the full suite, though never alone.)"""
+        reads them after two shards are complete: mid-build on every machine, however fast. Not a real
+        SIGINT: a test run started in the background by a non-interactive shell inherits SIGINT ignored,
+        and then neither a SIGINT nor ``_thread.interrupt_main`` interrupts anything."""
 
         def __getitem__(self, i):
             seen.append(len(receipts(path)))
