@@ -52,6 +52,16 @@ def assert_no_trace(body: dict, root: Path) -> None:
     assert str(root) not in text and "site-packages" not in text, body
 
 
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc``'s process group (started with ``start_new_session``); SIGKILL after ``timeout`` s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def wait_answer(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
     """Wait until ``url`` answers 200; fail with the tail of ``log`` when ``proc`` (``what``) exits or
     ``timeout`` seconds pass."""
@@ -112,9 +122,4 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
         assert status == 400, body
         assert_no_trace(body, tmp_path)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 20)

@@ -4,7 +4,6 @@ on a free loopback port, and `kedro run --env server` against it (real server, r
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
 from test_pipeline import make_project, nested
-from test_serve import free_port, wait_answer
+from test_serve import free_port, stop_group, wait_answer
 
 from toptune.pipelines import tracking
 from toptune.pipelines.tracking import RUN_HTTP_LIMITS, TrackingServerError
@@ -68,12 +67,7 @@ def server(tmp_path_factory):
                 users.create_user(name, password)
         yield {"url": url, "home": home}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 30)
 
 
 @pytest.fixture
