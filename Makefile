@@ -36,10 +36,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m toptune.benchlog.bench
+	$(PY) -m toptune.integrations.bench
 
 bench-scale: $(STAMP)
-	$(PY) -m toptune.benchlog.scale
+	$(PY) -m toptune.integrations.bench_scale
 
 mlflow-server: $(STAMP)
 	$(PY) scripts/mlflow_server.py --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)

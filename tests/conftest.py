@@ -14,8 +14,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from toptune.tiny import TinyQwenSpec, write_tiny_qwen  # noqa: E402
-from toptune.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
+from toptune.model.tiny import TinyQwenSpec, write_tiny_qwen  # noqa: E402
+from toptune.model.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,11 +99,11 @@ def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
 def data(tokenizer):
     """60 rows of the bundled table, encoded: train 36, val 12, test 12 (the cache tests' splits)."""
     import pandas as pd
+    from test_split import ID2LABEL
 
     from toptune.config import DataConfig
-    from toptune.data import Encoded, encode, prepare_table
-
-    from test_split import ID2LABEL
+    from toptune.data.table import prepare_table
+    from toptune.data.tokens import Encoded, encode
 
     table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig()).table
     label2id = {v: k for k, v in ID2LABEL.items()}

@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from toptune import distributed
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded, encode, prepare_table
-from toptune.recipe import build_classifier, fit, predict
-from toptune.tokenizer import load_tokenizer
-from toptune.train import seed_everything
+from toptune.data.table import prepare_table
+from toptune.data.tokens import Encoded, encode
+from toptune.model.tokenizer import load_tokenizer
+from toptune.train import distributed
+from toptune.train.loop import seed_everything
+from toptune.train.recipe import build_classifier, fit, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}

@@ -27,20 +27,25 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset
 from safetensors.torch import load_file, save_file
-
 from test_export import make_export, raw_rows
 from test_pipeline import make_project, run
 
-from toptune.bundle import BUNDLE_FILE, BundleError, check_base, read_bundle
-from toptune.checks import check_groups, check_model
-from toptune.cli import one_line
 from toptune.config import ConfigError, DataConfig, ModelConfig, from_dict
-from toptune.data import DataValidationError, encode, prepare_table, split_table
-from toptune.debris import clear_debris
-from toptune.health import short_text_warnings, training_warnings
-from toptune.lock import ProjectBusyError, ProjectLock, takes_lock
-from toptune.pipelines.guards import PARAMETER_GROUPS, mark_dead_runs
-from toptune.serve import ServingConfig, load_predictor, prepare_rows, request_params
+from toptune.data.table import DataValidationError, prepare_table, split_table
+from toptune.data.tokens import encode
+from toptune.evaluate.health import short_text_warnings, training_warnings
+from toptune.integrations.cli import one_line
+from toptune.integrations.guards import PARAMETER_GROUPS, mark_dead_runs
+from toptune.io.debris import clear_debris
+from toptune.io.lock import ProjectBusyError, ProjectLock, takes_lock
+from toptune.model.preflight import check_groups, check_model
+from toptune.serve.bundle import BUNDLE_FILE, BundleError, check_base, read_bundle
+from toptune.serve.predict import (
+    ServingConfig,
+    load_predictor,
+    prepare_rows,
+    request_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_column="sentiment", min_class_rows=3)
@@ -339,7 +344,7 @@ def test_bad_request_parameter_names_it(params, message):
 def test_server_fault_answers_an_error_id_not_a_trace(exported, caplog):
     from mlflow.exceptions import MlflowException
 
-    from toptune.pipelines.export.pyfunc_model import ToptuneClassifierModel
+    from toptune.integrations.pyfunc import ToptuneClassifierModel
 
     model = ToptuneClassifierModel()
     model.predictor, model.defaults = load_predictor(exported["merged"], device="cpu"), {}
@@ -362,7 +367,7 @@ def test_catalog_holds_no_pickle():
 
 
 def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
-    from toptune.datasets import TokenisedDataset
+    from toptune.integrations.datasets import TokenisedDataset
 
     splits = {"train": encode(["one two three four", "five"], tokenizer, 3, labels=[0, 1], ids=["a", "b"]),
               "val": encode(["six seven"], tokenizer, 3, labels=[1], ids=["c"])}
@@ -388,7 +393,7 @@ def test_debris_of_dead_processes_is_cleared(tmp_path):
 def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
     from test_export import use_store
 
-    from toptune.debris import hostname
+    from toptune.io.debris import hostname
 
     use_store(tmp_path, monkeypatch)
     client = mlflow.MlflowClient()
@@ -526,7 +531,6 @@ def run_env(project: Path, params: dict, env: str):
     """``run`` in Kedro environment ``env``."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-
     from test_pipeline import nested
 
     bootstrap_project(project)

@@ -18,10 +18,16 @@ import torch
 from safetensors import safe_open
 
 from toptune.bench import gpu, report, scale
-from toptune.bench.config import RUNS, BenchConfig, GpuBenchConfig, bench_training, prepare_setup
-from toptune.bench.runs import _classifier
+from toptune.bench.config import (
+    RUNS,
+    BenchConfig,
+    GpuBenchConfig,
+    bench_training,
+    prepare_setup,
+)
 from toptune.bench.hf import hf_model
-from toptune.memory_probe import RssSampler, rss_anon_bytes
+from toptune.bench.rss import RssSampler, rss_anon_bytes
+from toptune.bench.runs import _classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2 ** 20
@@ -44,7 +50,7 @@ def tracked_runs(tmp_path, monkeypatch) -> None:
 
 
 def test_bench_runs_every_variant_and_writes_the_report(config, tmp_path, monkeypatch):
-    from toptune.benchlog import bench as cli
+    from toptune.integrations import bench as cli
 
     tracked_runs(tmp_path, monkeypatch)
     monkeypatch.setattr(cli.bench, "parse_args", lambda argv=None: (config, True))
@@ -139,7 +145,7 @@ def test_joined_reviews_fill_the_sequence():
 
 
 def test_bench_scale_writes_its_json_from_fresh_processes(tiny_qwen3, small_spec, tmp_path, monkeypatch):
-    from toptune.benchlog import scale as cli
+    from toptune.integrations import bench_scale as cli
 
     tracked_runs(tmp_path, monkeypatch)
     shutil.copytree(tiny_qwen3, tmp_path / "models" / f"tiny-qwen3-{small_spec['num_layers']}l-bench")  # reused, not rewritten
@@ -225,7 +231,7 @@ def test_the_bench_package_imports_neither_kedro_nor_mlflow():
 
     code = ("import importlib, pkgutil, sys, toptune.bench\n"
             "for m in pkgutil.iter_modules(toptune.bench.__path__): importlib.import_module('toptune.bench.' + m.name)\n"
-            "import toptune.memory_probe\n"
+            "import toptune.bench.rss\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
             "      + ([] if 'toptune.bench.scale' in sys.modules else ['toptune.bench.scale missing']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -13,16 +13,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_split import (  # the tiny classifier with random adapter weights
+    ID2LABEL,
+    classifier,
+)
 
-from toptune.cache import (CacheInvalid, bucketed_indices, fingerprint, fit_cached, load_cache, padding_fraction,
-                           predict_cached, prepare_cache)
+from toptune.cache import (
+    CacheInvalid,
+    bucketed_indices,
+    fingerprint,
+    fit_cached,
+    load_cache,
+    padding_fraction,
+    predict_cached,
+    prepare_cache,
+)
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded, batch_indices, collate
-from toptune.model import backbone
-from toptune.split import run_prefix
-from toptune.recipe import build_classifier, fit, predict
-
-from test_split import ID2LABEL, classifier  # the tiny classifier with random adapter weights
+from toptune.data.batches import batch_indices, collate
+from toptune.data.tokens import Encoded
+from toptune.model.load import backbone
+from toptune.prefix.forward import run_prefix
+from toptune.train.recipe import build_classifier, fit, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("model_weights", "first_trainable_layer", "tokenizer", "max_length", "dtype", "data")

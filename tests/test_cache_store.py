@@ -8,8 +8,8 @@ Tiny checkpoints and rows of the bundled table; small shards (16 KiB) so the spl
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -24,16 +24,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cache import config, stored_rows
+from test_split import classifier
 
-from toptune.cache import (CacheDiskFull, CacheInvalid, build_cache, build_shards, cached_batches, choose_prefix_mode,
-                           epoch_indices, finish_cache, fingerprint, jobs_of_rank, load_cache, plan_shards, prefetched)
+from toptune.cache import (
+    CacheDiskFull,
+    CacheInvalid,
+    build_cache,
+    build_shards,
+    cached_batches,
+    choose_prefix_mode,
+    epoch_indices,
+    fingerprint,
+    finish_cache,
+    jobs_of_rank,
+    load_cache,
+    plan_shards,
+    prefetched,
+)
 from toptune.cache.build import row_bytes
 from toptune.cache.plan import shard_bytes_of
 from toptune.config import TrainingConfig
-from toptune.tiny import TinyQwenSpec, write_tiny_qwen
-
-from test_cache import config, stored_rows
-from test_split import classifier
+from toptune.model.tiny import TinyQwenSpec, write_tiny_qwen
 
 SHARD = 16 << 10
 """16 KiB shards: ~60 rows of width-64 fp32 states each."""
@@ -148,7 +160,7 @@ import dataclasses, os, pickle, signal, sys
 from pathlib import Path
 from toptune.cache import build_cache
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
-from toptune.recipe import build_classifier
+from toptune.train.recipe import build_classifier
 checkpoint, data_file, out, shard = sys.argv[1:5]
 out, data = Path(out), pickle.load(open(data_file, "rb"))
 clf = build_classifier(ModelConfig(name_or_path=checkpoint, trainable_layers=2), LoraSettings(r=4, alpha=8),

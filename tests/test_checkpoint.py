@@ -13,14 +13,25 @@ import shutil
 
 import pytest
 import torch
-
-from toptune import distributed
-from toptune.checkpoint import Checkpoints, CheckpointError, fingerprint, newest_first, read
-from toptune.checkpoint.store import STATE
-from toptune.config import ConfigError, LoraSettings, ModelConfig, RunConfig, TrainingConfig
-from toptune.recipe import build_classifier, fit, training_setup
-
 from ddp_worker import ID2LABEL, splits
+
+from toptune.config import (
+    ConfigError,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    TrainingConfig,
+)
+from toptune.train import distributed
+from toptune.train.checkpoint import fingerprint
+from toptune.train.checkpoint.resume import (
+    CheckpointError,
+    Checkpoints,
+    newest_first,
+    read,
+)
+from toptune.train.checkpoint.store import STATE
+from toptune.train.recipe import build_classifier, fit, training_setup
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +77,7 @@ def test_another_configuration_is_skipped_or_refused(tiny_qwen3, data, tmp_path,
     trained(cfg, data, tmp_path, every=2)
     ck = newest_first(tmp_path)[0]
     other = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, lr=1e-3))
-    with caplog.at_level(logging.INFO, logger="toptune.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="toptune.train.checkpoint.resume"):
         result, _ = trained(other, data, tmp_path, resume="auto")
     assert result.resumed_from is None
     assert f"checkpoint {ck.path} skipped: training.lr changed (0.003 → 0.001)" in caplog.text
@@ -92,7 +103,7 @@ def test_auto_prefix_mode_continues_in_the_checkpoints_mode(tiny_qwen3, data, tm
     training, ckpts = training_setup(cfg, clf, data, decided_mode="no_grad", directory=tmp_path)
     assert training.prefix_mode == "no_grad" and ckpts.fingerprint["params"]["training.prefix_mode"] == "no_grad"
     fit(clf, data, training, ckpts)
-    with caplog.at_level(logging.INFO, logger="toptune.recipe"):
+    with caplog.at_level(logging.INFO, logger="toptune.train.recipe"):
         again, ckpts = training_setup(cfg, clf, data, decided_mode="cache", directory=tmp_path)
     assert again.prefix_mode == "no_grad" and ckpts.choose() is not None
     assert "training.prefix_mode auto: no_grad, as checkpoint" in caplog.text and "(measured now: cache)" in caplog.text

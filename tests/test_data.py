@@ -7,8 +7,16 @@ import pandas as pd
 import pytest
 
 from toptune.config import ConfigError, DataConfig
-from toptune.data import (DataValidationError, batches, collate, encode, label_map, prepare_table, split_table,
-                          template_columns, to_frame)
+from toptune.data.batches import batches, collate
+from toptune.data.table import (
+    DataValidationError,
+    label_map,
+    prepare_table,
+    split_table,
+    template_columns,
+    to_frame,
+)
+from toptune.data.tokens import encode
 
 CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_column="sentiment", min_class_rows=3)
 

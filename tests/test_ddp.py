@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
-
 from conftest import make_project
 from kedro_proc import BIN, run, torchrun
+from safetensors.numpy import load_file
 
 HERE = Path(__file__).resolve().parent
 

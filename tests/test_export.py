@@ -15,14 +15,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toptune.adapters import add_adapters
-from toptune.bundle import Bundle, base_identity, write_bundle
 from toptune.config import ConfigError, DataConfig, LoraSettings
-from toptune.data import DataValidationError, render_texts
-from toptune.export import ExportConfig, export_bundle, load_trained
-from toptune.model import load_classifier
-from toptune.serve import PredictConfig, ServingConfig, load_predictor, logits_of, prepare_rows
-from toptune.tokenizer import load_tokenizer
+from toptune.data.table import DataValidationError, render_texts
+from toptune.model.load import load_classifier
+from toptune.model.lora import add_adapters
+from toptune.model.tokenizer import load_tokenizer
+from toptune.serve.bundle import Bundle, base_identity, write_bundle
+from toptune.serve.merge import ExportConfig, export_bundle, load_trained
+from toptune.serve.predict import (
+    PredictConfig,
+    ServingConfig,
+    load_predictor,
+    logits_of,
+    prepare_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "data" / "01_raw" / "reviews.csv"
@@ -97,7 +103,7 @@ def test_merged_checkpoint_loads_without_peft(exported, tiny_qwen3, tmp_path):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         m = AutoModelForSequenceClassification.from_pretrained({str(exported["merged"])!r})
         tok = AutoTokenizer.from_pretrained({str(exported["merged"])!r})
-        from toptune.serve import logits_of, load_predictor, prepare_rows
+        from toptune.serve.predict import logits_of, load_predictor, prepare_rows
         p = load_predictor({str(exported["merged"])!r}, device="cpu")
         rows = pd.read_csv({str(REVIEWS)!r}).head(8)
         enc = tok(prepare_rows(rows, p.serving).texts, add_special_tokens=False)["input_ids"]
@@ -189,7 +195,7 @@ def log_to_training_run(root: Path, merged: Path, monkeypatch) -> dict:
     """A finished "training run" in a fresh store, and the pyfunc model logged to it as the export node does."""
     import mlflow
 
-    from toptune.pipelines.export.mlflow_model import known_run, log_pyfunc
+    from toptune.integrations.mlflow_model import known_run, log_pyfunc
 
     use_store(root, monkeypatch)
     client = mlflow.MlflowClient()

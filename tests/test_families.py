@@ -13,12 +13,24 @@ import json
 import pytest
 import torch
 
-from toptune.adapters import add_adapters, load_adapter, lora_blocks, lora_config, merge
 from toptune.config import ConfigError, LoraSettings
-from toptune.model import backbone, load_classifier
-from toptune.split import forward_logits, pool_index, run_prefix, run_top, stock_logits
-from toptune.split.check import SplitMismatch, split_check
-from toptune.tiny import FAMILIES, TinyQwenSpec, build_random
+from toptune.model.load import backbone, load_classifier
+from toptune.model.lora import (
+    add_adapters,
+    load_adapter,
+    lora_blocks,
+    lora_config,
+    merge,
+)
+from toptune.model.tiny import FAMILIES, TinyQwenSpec, build_random
+from toptune.prefix.forward import (
+    forward_logits,
+    pool_index,
+    run_prefix,
+    run_top,
+    stock_logits,
+)
+from toptune.prefix.selfcheck import SplitMismatch, split_check
 
 PAD = 3
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
@@ -171,7 +183,7 @@ def test_split_check_passes_and_catches_a_wrong_split(checkpoint):
     check = split_check(model, ids, mask, min(TOP))
     assert check.max_abs_logit_diff <= 1e-6 and check.rows == 4 and check.model_type.startswith(model_type)
     # A prefix view that also applied the final norm would be a wrong split: the check must say so.
-    from toptune.split import views
+    from toptune.prefix import views
 
     inner = backbone(model)
     inner.__dict__[views._VIEWS][(0, min(TOP), False)] = views.block_view(inner, 0, min(TOP), final_norm=True)

@@ -12,12 +12,31 @@ import pytest
 import torch
 
 from toptune.cache import prepare_cache
-from toptune.config import ConfigError, LoraSettings, ModelConfig, TrainingConfig, from_dict
-from toptune.data import Encoded, collate, encode
-from toptune.memory import (MODES, BlockShape, InspectConfig, block_diagram_figure, block_saved_bytes, cache_batch,
-                             estimate_top_k, format_seed_table, format_table, inspect_modes, metrics_of,
-                             saved_bytes_figure, seed_table)
-from toptune.recipe import build_classifier
+from toptune.config import (
+    ConfigError,
+    LoraSettings,
+    ModelConfig,
+    TrainingConfig,
+    from_dict,
+)
+from toptune.data.batches import collate
+from toptune.data.tokens import Encoded, encode
+from toptune.inspect import (
+    MODES,
+    BlockShape,
+    InspectConfig,
+    block_diagram_figure,
+    block_saved_bytes,
+    cache_batch,
+    estimate_top_k,
+    format_seed_table,
+    format_table,
+    inspect_modes,
+    metrics_of,
+    saved_bytes_figure,
+    seed_table,
+)
+from toptune.train.recipe import build_classifier
 
 TEXTS = ["The battery is not great, but the screen is excellent.", "Short one.",
          "The lid is flimsy and the base is not solid, sadly.", "Works fine and the fan is quiet."]

@@ -9,10 +9,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import make_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
-
-from conftest import make_project
 
 QUICK = {"data.sample_rows": 240, "training.epochs": 1, "training.progress": False}
 

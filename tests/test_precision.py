@@ -9,15 +9,14 @@ step is 7.8e-3, so a path that diverged anywhere in the blocks would show).
 from __future__ import annotations
 
 import torch
+from test_split import ID2LABEL, batch, classifier
 
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded
-from toptune.precision import resolve_dtype, weights_dtype
-from toptune.split import forward_logits
-from toptune.recipe import build_classifier, fit
-from toptune.train import fused_adamw_ok, trainable_parameters
-
-from test_split import ID2LABEL, batch, classifier
+from toptune.data.tokens import Encoded
+from toptune.model.precision import resolve_dtype, weights_dtype
+from toptune.prefix.forward import forward_logits
+from toptune.train.loop import fused_adamw_ok, trainable_parameters
+from toptune.train.recipe import build_classifier, fit
 
 
 def bf16_classifier(path, k: int = 2):

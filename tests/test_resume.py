@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro_proc import BIN, ENV, run
 from safetensors.numpy import load_file
 
-from conftest import make_project
-from kedro_proc import BIN, ENV, run
-from toptune.checkpoint import CheckpointError, newest_first
+from toptune.train.checkpoint.resume import CheckpointError, newest_first
 
 CHECKPOINTS = "data/06_models/checkpoints"
 

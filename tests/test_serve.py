@@ -15,10 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_export import log_to_training_run, make_export, raw_rows
 
-from toptune.serve import load_predictor, prepare_rows
+from toptune.serve.predict import load_predictor, prepare_rows
 
 STARTUP_TIMEOUT_S = 120
 

@@ -7,16 +7,15 @@ Run on a tiny Qwen3 and a tiny Qwen2 (4 blocks, Qwen2's top half sliding-window)
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from toptune.config import LoraSettings, TrainingConfig
-from toptune.data import collate, encode
-from toptune.model import backbone, decoder_layers
-from toptune.split import forward_logits, pool_index, run_prefix, run_top
-from toptune.recipe import build_classifier, fit
-from toptune.config import ModelConfig
+from toptune.config import LoraSettings, ModelConfig, TrainingConfig
+from toptune.data.batches import collate
+from toptune.data.tokens import encode
+from toptune.model.load import backbone, decoder_layers
+from toptune.prefix.forward import forward_logits, pool_index, run_prefix, run_top
+from toptune.train.recipe import build_classifier, fit
 
 TEXTS = [
     "The battery is not great, but the screen is excellent.",
@@ -188,7 +187,7 @@ def test_fast_top_trains_unfrozen_biases(tiny_qwen2, tokenizer):
 
 def test_sliced_views_keep_the_whole_model_intact(tiny_qwen2):
     """Views share weights but not the block list, the layer types or the final norm with the model."""
-    from toptune.split.views import block_view
+    from toptune.prefix.views import block_view
 
     clf = classifier(tiny_qwen2, 2)
     inner = backbone(clf.model)

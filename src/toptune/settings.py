@@ -1,14 +1,14 @@
 """Kedro project settings."""
 
-from toptune import distributed
-from toptune.pipelines.ranks import RankHooks, leave_log_file_to_rank_zero
+from toptune.integrations.ranks import RankHooks, leave_log_file_to_rank_zero
+from toptune.train import distributed
 
 leave_log_file_to_rank_zero()  # under torchrun, before the imports below log anything
 
-from toptune.hooks import ToptuneHooks  # noqa: E402
-from toptune.pipelines.guards import GuardHooks  # noqa: E402
-from toptune.pipelines.resume import ResumableMlflowHook  # noqa: E402
-from toptune.pipelines.tracking import TrackingServerHooks  # noqa: E402
+from toptune.integrations.guards import GuardHooks  # noqa: E402
+from toptune.integrations.hooks import ToptuneHooks  # noqa: E402
+from toptune.integrations.resume import ResumableMlflowHook  # noqa: E402
+from toptune.integrations.tracking import TrackingServerHooks  # noqa: E402
 
 # kedro-mlflow's hook is registered here (extended to continue a resumed run's MLflow run) instead of
 # through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow (the

@@ -12,9 +12,10 @@ import pandas as pd
 import torch
 
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data import Encoded, encode_splits, label_map, prepare_table, split_table
-from toptune.tokenizer import load_tokenizer
-from toptune.train import resolve_device
+from toptune.data.table import label_map, prepare_table, split_table
+from toptune.data.tokens import Encoded, encode_splits
+from toptune.model.tokenizer import load_tokenizer
+from toptune.train.loop import resolve_device
 
 RUNS = ("hf_trainer", "hf_trainer_group_by_length", "autograd", "no_grad", "cache", "floor")
 """Every run of ``make bench``, in the order they run (``floor`` reuses the ``cache`` run's cache)."""
@@ -67,7 +68,7 @@ class GpuBenchConfig:
 
 @dataclass
 class BenchConfig:
-    """What ``make bench`` runs (flags of ``python -m toptune.benchlog.bench`` override fields)."""
+    """What ``make bench`` runs (flags of ``python -m toptune.integrations.bench`` override fields)."""
 
     data_path: str = "data/01_raw/reviews.csv"
     """The bundled reviews table."""

@@ -17,12 +17,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from toptune.bench.config import BenchConfig, bench_table, config_dict, device_name, prepare_setup
+from toptune.bench.config import (
+    BenchConfig,
+    bench_table,
+    config_dict,
+    device_name,
+    prepare_setup,
+)
 from toptune.bench.report import speedups
 from toptune.bench.runs import run_all, warm_up
-from toptune.tiny import TinyQwenSpec, tiny_config
-from toptune.tokenizer import ensure_qwen_tokenizer
-from toptune.train import resolve_device
+from toptune.model.tiny import TinyQwenSpec, tiny_config
+from toptune.model.tokenizer import ensure_qwen_tokenizer
+from toptune.train.loop import resolve_device
 
 
 def ensure_gpu_model(model_dir: str | Path, spec: dict, device: str) -> Path:

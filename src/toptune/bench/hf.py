@@ -12,8 +12,8 @@ import torch
 
 from toptune.bench.config import BenchConfig, Setup
 from toptune.bench.runs import result_row, timed
-from toptune.data import Encoded
-from toptune.train import seed_everything
+from toptune.data.tokens import Encoded
+from toptune.train.loop import seed_everything
 
 
 def hf_model(setup: Setup, bc: BenchConfig):
@@ -23,7 +23,7 @@ def hf_model(setup: Setup, bc: BenchConfig):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from toptune.adapters import target_modules
+    from toptune.model.lora import target_modules
 
     seed_everything(bc.training.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -42,7 +42,12 @@ def hf_model(setup: Setup, bc: BenchConfig):
 
 def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict:
     """``Trainer`` + PEFT as a user sets it up: ``DataCollatorWithPadding``, evaluation each epoch."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     tc, data, dev = bc.training, setup.data, setup.device
     model = hf_model(setup, bc)

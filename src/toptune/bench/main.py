@@ -3,7 +3,7 @@
 Default: a seeded tiny Qwen3 of Qwen3-0.6B's depth (28 blocks, width 256), K=4, 3 epochs on the
 bundled reviews; on CUDA also the Qwen3-4B-shaped bench (:mod:`toptune.bench.gpu`). Results go to
 ``data/08_reporting/bench.json`` (+ ``bench.png``); the MLflow logging lives in
-:mod:`toptune.benchlog.bench` (the library imports no MLflow).
+:mod:`toptune.integrations.bench` (the library imports no MLflow).
 """
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ import logging
 
 import torch
 
-from toptune.bench.config import RUNS, BenchConfig, GpuBenchConfig, config_dict, device_name, prepare_setup
+from toptune.bench.config import (
+    RUNS,
+    BenchConfig,
+    GpuBenchConfig,
+    config_dict,
+    device_name,
+    prepare_setup,
+)
 from toptune.bench.gpu import run_gpu_bench
 from toptune.bench.report import format_table, speedups, write_outputs
 from toptune.bench.runs import run_all, warm_up
-from toptune.tiny import TinyQwenSpec, ensure_tiny_qwen
+from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
 
 
 def run_bench(bc: BenchConfig, tiny: bool = True) -> dict:
@@ -42,7 +49,7 @@ def run_bench(bc: BenchConfig, tiny: bool = True) -> dict:
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     """(the bench's config, whether to run the tiny model's bench) from command-line flags."""
     bc, g = BenchConfig(), GpuBenchConfig()
-    p = argparse.ArgumentParser(prog="toptune.benchlog.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="toptune.integrations.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=bc.num_layers, help="blocks of the tiny Qwen3")
     p.add_argument("--k", type=int, default=bc.trainable_layers, help="trainable top blocks")
     p.add_argument("--epochs", type=int, default=bc.training.epochs)

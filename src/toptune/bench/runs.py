@@ -26,12 +26,25 @@ import torch
 from torch import nn
 
 from toptune.bench.config import RUNS, BenchConfig, Setup
-from toptune.cache import (bucketing_padding, cached_logits, epoch_indices, fit_cached, predict_cached, prefix_bytes,
-                           prefix_offloaded, prepare_cache)
-from toptune.data import Encoded
-from toptune.model import score_head
-from toptune.recipe import build_classifier, fit, predict
-from toptune.train import autocast, fused_adamw_ok, seed_everything, trainable_parameters
+from toptune.cache import (
+    bucketing_padding,
+    cached_logits,
+    epoch_indices,
+    fit_cached,
+    predict_cached,
+    prefix_bytes,
+    prefix_offloaded,
+    prepare_cache,
+)
+from toptune.data.tokens import Encoded
+from toptune.model.load import score_head
+from toptune.train.loop import (
+    autocast,
+    fused_adamw_ok,
+    seed_everything,
+    trainable_parameters,
+)
+from toptune.train.recipe import build_classifier, fit, predict
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +200,9 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
 
 def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict[str, dict]:
     """Every run in ``runs``, in order (``floor`` needs ``cache`` before it)."""
-    from toptune.bench.hf import run_hf_trainer  # imports transformers' Trainer only when it runs
+    from toptune.bench.hf import (
+        run_hf_trainer,  # imports transformers' Trainer only when it runs
+    )
 
     fns = {"hf_trainer": lambda: run_hf_trainer(setup, bc, False),
            "hf_trainer_group_by_length": lambda: run_hf_trainer(setup, bc, True),

@@ -7,7 +7,7 @@ times with fresh ids (``r00042.3`` = row ``r00042``, copy 3), ``data.drop_duplic
 size has the same token-length distribution, hence the same work per row, which is what a
 per-row cost comparison needs (identical texts cost the same as distinct ones: the cache stores per
 example and never deduplicates). Per point it records the cache's bytes, the build's and the
-epoch's wall seconds, and the peak ``RssAnon`` (:class:`toptune.memory_probe.RssSampler`, every
+epoch's wall seconds, and the peak ``RssAnon`` (:class:`toptune.bench.rss.RssSampler`, every
 10 ms) while building and while training.
 
 Writes ``data/08_reporting/bench_scale.json``: ``{"runs": [{"rows", "num_layers", "cache_bytes",
@@ -48,7 +48,7 @@ class Shape:
 
 @dataclass
 class ScaleConfig:
-    """What ``make bench-scale`` runs (flags of ``python -m toptune.benchlog.scale`` override fields)."""
+    """What ``make bench-scale`` runs (flags of ``python -m toptune.integrations.bench_scale`` override fields)."""
 
     data_path: str = "data/01_raw/reviews.csv"
     """The bundled reviews table."""
@@ -82,14 +82,15 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     import torch
 
     from toptune.bench.config import device_name
+    from toptune.bench.rss import RssSampler
     from toptune.bench.runs import timed
     from toptune.cache import fit_cached, prepare_cache
     from toptune.config import DataConfig, LoraSettings, ModelConfig
-    from toptune.data import encode_splits, label_map, prepare_table, split_table
-    from toptune.memory_probe import RssSampler
-    from toptune.recipe import build_classifier
-    from toptune.tokenizer import load_tokenizer
-    from toptune.train import seed_everything
+    from toptune.data.table import label_map, prepare_table, split_table
+    from toptune.data.tokens import encode_splits
+    from toptune.model.tokenizer import load_tokenizer
+    from toptune.train.loop import seed_everything
+    from toptune.train.recipe import build_classifier
 
     cfg = dataclasses.replace(bench_training(), **sc.training)
     cfg = dataclasses.replace(cfg, cache_dir=f"{cfg.cache_dir}/{shape.num_layers}l-x{multiple}")
@@ -161,7 +162,7 @@ def config_from_dict(d: dict) -> ScaleConfig:
 
 def run_scale(sc: ScaleConfig, log=print) -> dict:
     """Every point of every shape, each in its own process, smallest first; writes ``bench_scale.json``."""
-    from toptune.tiny import TinyQwenSpec, ensure_tiny_qwen
+    from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
 
     runs = []
     for shape in sc.shapes:
@@ -181,7 +182,7 @@ def run_scale(sc: ScaleConfig, log=print) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> ScaleConfig:
     sc = ScaleConfig()
-    p = argparse.ArgumentParser(prog="toptune.benchlog.scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="toptune.integrations.bench_scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-rows", type=int, default=sc.base_rows, help="rows at 1x (first N of the bundled table)")
     p.add_argument("--multiples", default=",".join(map(str, sc.shapes[0].multiples)), help="of the 12-block model")
     p.add_argument("--deep-multiples", default=",".join(map(str, sc.shapes[1].multiples)),

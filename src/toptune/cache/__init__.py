@@ -22,11 +22,31 @@ Along the data's way:
 """
 
 from toptune.cache.auto import PrefixModeChoice, choose_prefix_mode, resolve_prefix_mode
-from toptune.cache.batches import (CachedSplit, bucketed_indices, bucketing_padding, cached_batches, epoch_indices,
-                                   padding_fraction, prefetched)
-from toptune.cache.build import BuildReport, build_cache, build_shards, disk_free, finish_cache, prepare_cache
+from toptune.cache.batches import (
+                                   CachedSplit,
+                                   bucketed_indices,
+                                   bucketing_padding,
+                                   cached_batches,
+                                   epoch_indices,
+                                   padding_fraction,
+                                   prefetched,
+)
+from toptune.cache.build import (
+                                   BuildReport,
+                                   build_cache,
+                                   build_shards,
+                                   disk_free,
+                                   finish_cache,
+                                   prepare_cache,
+)
 from toptune.cache.fingerprint import fingerprint, fingerprint_diff, storage_dtype
-from toptune.cache.fit import fit_cached, predict_cached, prefix_bytes, prefix_modules, prefix_offloaded
+from toptune.cache.fit import (
+                                   fit_cached,
+                                   predict_cached,
+                                   prefix_bytes,
+                                   prefix_modules,
+                                   prefix_offloaded,
+)
 from toptune.cache.forward import cached_logits
 from toptune.cache.plan import SHARD_BYTES, ShardJob, jobs_of_rank, plan_shards
 from toptune.cache.read import PrefixCache, load_cache

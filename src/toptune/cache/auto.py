@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toptune import distributed
 from toptune.cache.build import disk_free, row_bytes
 from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
-from toptune.atomic import temp_path
 from toptune.cache.store import cache_files, human_bytes
 from toptune.config import TrainingConfig
-from toptune.data import Encoded, batch_indices, collate
-from toptune.train import autocast
+from toptune.data.batches import batch_indices, collate
+from toptune.data.tokens import Encoded
+from toptune.io.atomic import temp_path
+from toptune.train import distributed
+from toptune.train.loop import autocast
 
 log = logging.getLogger(__name__)
 

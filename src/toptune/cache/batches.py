@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from toptune.data import batch_indices
-from toptune.train import Batch, Batches
+from toptune.data.batches import batch_indices
+from toptune.train.loop import Batch, Batches
 
 BUCKET_WINDOW = 0
 """Length bucketing sorts windows of this many batches (0 = the whole split)."""

@@ -24,19 +24,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from toptune import distributed
 from toptune.cache.fingerprint import fingerprint, fingerprint_key, storage_dtype
 from toptune.cache.forward import pool_index, run_prefix
-from toptune.cache.plan import SHARD_BYTES, ShardJob, jobs_of_rank, plan_shards, shard_bytes_of
+from toptune.cache.plan import (
+    SHARD_BYTES,
+    ShardJob,
+    jobs_of_rank,
+    plan_shards,
+    shard_bytes_of,
+)
 from toptune.cache.read import PrefixCache, load_cache
-from toptune.atomic import AtomicFile, write_index
-from toptune.cache.store import (MANIFEST, CacheDiskFull, CacheInvalid, files_of, human_bytes, read_receipt,
-                                 remove_cache, remove_leftovers, write_manifest, write_receipt)
+from toptune.cache.store import (
+    MANIFEST,
+    CacheDiskFull,
+    CacheInvalid,
+    files_of,
+    human_bytes,
+    read_receipt,
+    remove_cache,
+    remove_leftovers,
+    write_manifest,
+    write_receipt,
+)
 from toptune.config import TrainingConfig
-from toptune.data import Encoded, collate
-from toptune.model import backbone
-from toptune.precision import weights_dtype
-from toptune.train import autocast
+from toptune.data.batches import collate
+from toptune.data.tokens import Encoded
+from toptune.io.atomic import AtomicFile, write_index
+from toptune.model.load import backbone
+from toptune.model.precision import weights_dtype
+from toptune.train import distributed
+from toptune.train.loop import autocast
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +227,7 @@ def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | 
     Under torchrun every process builds its share of the jobs (``i % world == rank``) into the one
     directory, rank 0 writes the manifest once all are done, and every process reads it. Where a
     process cannot read it (machine-local disks: each machine holds only its processes' shards), each
-    machine's first process then completes its own copy (:func:`toptune.distributed.in_turn`).
+    machine's first process then completes its own copy (:func:`toptune.train.distributed.in_turn`).
     """
     t0 = time.perf_counter()
     fp = fp or fingerprint(clf, data, cfg)

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from toptune.config import TrainingConfig
-from toptune.data import Encoded, token_digest
-from toptune.model import backbone
-from toptune.precision import DTYPES, weights_dtype
+from toptune.data.tokens import Encoded, token_digest
+from toptune.model.load import backbone
+from toptune.model.precision import DTYPES, weights_dtype
 
 CACHE_FORMAT = 2
 """Version of the on-disk layout (2: raw shards streamed to disk, read through memory maps); a

@@ -21,10 +21,10 @@ from toptune.cache.forward import cached_logits
 from toptune.cache.read import PrefixCache
 from toptune.cache.store import human_bytes
 from toptune.config import TrainingConfig
-from toptune.data import Encoded
-from toptune.model import backbone
-from toptune.checkpoint import Checkpoints
-from toptune.train import EvalResult, TrainResult, eval_split, train
+from toptune.data.tokens import Encoded
+from toptune.model.load import backbone
+from toptune.train.checkpoint.resume import Checkpoints
+from toptune.train.loop import EvalResult, TrainResult, eval_split, train
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from toptune.split import pool_index, run_prefix, run_top
-from toptune.train import LogitsFn
+from toptune.prefix.forward import pool_index, run_prefix, run_top
+from toptune.train.loop import LogitsFn
 
 __all__ = ["cached_logits", "pool_index", "run_prefix"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toptune.data import Encoded
+from toptune.data.tokens import Encoded
 
 SHARD_BYTES = 256 << 20
 """Largest shard file. Shards are written batch by batch, so this bounds how much an interrupted

@@ -23,7 +23,7 @@ from torch import Tensor
 from toptune.cache.batches import CachedSplit
 from toptune.cache.plan import INDEX_COLUMNS
 from toptune.cache.store import MANIFEST, CacheInvalid, check_shards, read_manifest
-from toptune.data import Encoded
+from toptune.data.tokens import Encoded
 
 
 def map_hidden(directory: Path, shard: dict, dtype: torch.dtype, hidden_size: int) -> Tensor:

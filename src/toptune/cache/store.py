@@ -27,9 +27,9 @@ import socket
 import sys
 from pathlib import Path
 
-from toptune.atomic import write_atomic
 from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprint_key
 from toptune.cache.plan import ShardJob
+from toptune.io.atomic import write_atomic
 
 MANIFEST = "manifest.json"
 _OURS = re.compile(r"^[\w.]+-\d{5}(-[0-9a-f]{16})?\.(bin|index\.npy|done\.json|safetensors)$")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from toptune.cache import bucketing_padding, human_bytes, prepare_cache, resolve_prefix_mode
+from toptune.cache import (
+    bucketing_padding,
+    human_bytes,
+    prepare_cache,
+    resolve_prefix_mode,
+)
 from toptune.config import RunConfig
-from toptune.data import Encoded
+from toptune.data.tokens import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import build_classifier, check_split
-from toptune.train import seed_everything
+from toptune.train.loop import seed_everything
+from toptune.train.recipe import build_classifier, check_split
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ import logging
 import pandas as pd
 
 from toptune.config import DataConfig, ModelConfig, TrainingConfig, from_dict
-from toptune.data import Encoded, encode_splits, label_map, prepare_table, split_table, to_frame
+from toptune.data.table import label_map, prepare_table, split_table, to_frame
+from toptune.data.tokens import Encoded, encode_splits
+from toptune.model.tokenizer import load_tokenizer
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import resolve_model_path
-from toptune.tokenizer import load_tokenizer
+from toptune.train.recipe import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ import logging
 import pandas as pd
 
 from toptune.config import TrainingConfig, from_dict
-from toptune.data import Encoded
-from toptune.evaluate import classification_metrics, confusion_figure, flat_metrics, report_text
+from toptune.data.tokens import Encoded
+from toptune.evaluate.metrics import classification_metrics, flat_metrics, report_text
+from toptune.evaluate.plots import confusion_figure
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import Classifier, predict, softmax
+from toptune.train.recipe import Classifier, predict, softmax
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from toptune import distributed
-from toptune.bundle import read_bundle, read_examples
 from toptune.config import from_dict
-from toptune.export import ExportConfig, MergedCheckpoint, export_bundle
+from toptune.integrations.mlflow_model import known_run, log_pyfunc
 from toptune.pipelines.utils import metric_items
-
-from .mlflow_model import log_pyfunc, known_run
+from toptune.serve.bundle import read_bundle, read_examples
+from toptune.serve.merge import ExportConfig, MergedCheckpoint, export_bundle
+from toptune.train import distributed
 
 log = logging.getLogger(__name__)
 

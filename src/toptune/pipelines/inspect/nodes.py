@@ -7,12 +7,22 @@ import logging
 from matplotlib.figure import Figure
 
 from toptune.config import RunConfig, from_dict
-from toptune.data import Encoded, collate
-from toptune.memory import (InspectConfig, block_diagram_figure, cache_batch, format_seed_table, format_table,
-                             inspect_modes, metrics_of, saved_bytes_figure, seed_table)
+from toptune.data.batches import collate
+from toptune.data.tokens import Encoded
+from toptune.inspect import (
+    InspectConfig,
+    block_diagram_figure,
+    cache_batch,
+    format_seed_table,
+    format_table,
+    inspect_modes,
+    metrics_of,
+    saved_bytes_figure,
+    seed_table,
+)
+from toptune.model.tokenizer import load_tokenizer
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.recipe import resolve_model_path
-from toptune.tokenizer import load_tokenizer
+from toptune.train.recipe import resolve_model_path
 
 log = logging.getLogger(__name__)
 

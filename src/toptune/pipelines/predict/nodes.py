@@ -8,7 +8,7 @@ import pandas as pd
 
 from toptune.config import from_dict
 from toptune.pipelines.utils import metric_items
-from toptune.serve import PredictConfig, load_predictor, prepare_rows
+from toptune.serve.predict import PredictConfig, load_predictor, prepare_rows
 
 log = logging.getLogger(__name__)
 

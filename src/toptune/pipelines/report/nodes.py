@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from toptune.evaluate import curves_figure
-from toptune.train import TrainResult
+from toptune.evaluate.plots import curves_figure
+from toptune.train.loop import TrainResult
 
 
 def plot_curves(train_summary: dict) -> object:

@@ -8,14 +8,22 @@ import logging
 import mlflow
 import pandas as pd
 
-from toptune import distributed
-from toptune.adapters import lora_blocks
-from toptune.bundle import Bundle, base_identity
 from toptune.config import RunConfig
-from toptune.data import Encoded
+from toptune.data.tokens import Encoded
+from toptune.model.lora import lora_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.recipe import Classifier, build_classifier, check_split, describe, fit, resolve_model_path, training_setup
-from toptune.train import seed_everything
+from toptune.serve.bundle import Bundle, base_identity
+from toptune.train import distributed
+from toptune.train.loop import seed_everything
+from toptune.train.recipe import (
+    Classifier,
+    build_classifier,
+    check_split,
+    describe,
+    fit,
+    resolve_model_path,
+    training_setup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,7 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
 
 def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict], data_params: dict,
                  model_params: dict, training_params: dict) -> dict:
-    """The adapter bundle (see ``toptune.bundle``): the trained PEFT model with what defines it (labels,
+    """The adapter bundle (see ``toptune.serve.bundle``): the trained PEFT model with what defines it (labels,
     template, token limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages
     it; the project hooks make it current only when the whole run succeeds."""
     cfg = RunConfig.from_params({"data": data_params, "model": model_params, "training": training_params})

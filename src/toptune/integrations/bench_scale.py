@@ -1,0 +1,44 @@
+"""``make bench-scale``: run :mod:`toptune.bench.scale` and record it in MLflow, experiment ``toptune-bench``.
+
+One MLflow run named ``bench-scale``: the configuration as parameters; per point, its figures as
+metrics named ``L{num_layers}.{figure}`` with the point's row count as the step (MLflow then plots
+each figure against the rows); the summary ratios as ``summary.*``; ``bench_scale.json`` as artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from toptune.bench import scale
+from toptune.integrations.bench import EXPERIMENT, flat, start_run
+
+
+def log_to_mlflow(result: dict, out_dir: str) -> str:
+    import mlflow
+
+    with start_run("bench-scale") as run:
+        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
+        mlflow.set_tag("device", result["machine"])
+        for r in result["runs"]:
+            for key, value in r.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "rows":
+                    mlflow.log_metric(f"L{r['num_layers']}.{key}", float(value), step=int(r["rows"]))
+        mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
+        path = os.path.join(out_dir, scale.SCALE_JSON)
+        if os.path.exists(path):
+            mlflow.log_artifact(path)
+        return run.info.run_id
+
+
+def main(argv: list[str] | None = None, sc: scale.ScaleConfig | None = None) -> dict:
+    """``make bench-scale``: the scale bench's result (``sc``, else from ``argv``), also logged to MLflow."""
+    sc = sc or scale.parse_args(sys.argv[1:] if argv is None else argv)
+    result = scale.main(sc=sc)
+    run_id = log_to_mlflow(result, sc.out_dir)
+    print(f"logged to MLflow experiment {EXPERIMENT}, run {run_id}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Files on disk: atomic writes, what a killed process leaves behind, the project lock."""

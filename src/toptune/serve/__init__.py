@@ -1,0 +1,1 @@
+"""A trained model: its bundle on disk, the merged model, prediction on tables."""

@@ -1,0 +1,161 @@
+"""From a trained adapter bundle to a merged one: fold LoRA into the base weights and save a plain
+transformers checkpoint that predicts with no PEFT in the loop (see :mod:`toptune.serve.predict`).
+
+The merged checkpoint (``data/06_models/merged/``) is a bundle (:mod:`toptune.serve.bundle`): safetensors
+weights whose LoRA updates ``W + (alpha/r)·B·A`` are folded in, a config with ``id2label`` /
+``label2id`` / ``pad_token_id``, the tokenizer files, ``toptune.json`` and ``examples.json``.
+:func:`export_bundle` reads only the adapter bundle: its labels, template, token limit, example rows
+and base checkpoint (whose weights and tokenizer must hash as they did in training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from toptune.config import ConfigError
+from toptune.data.tokens import encode
+from toptune.model.tokenizer import load_tokenizer
+from toptune.serve.bundle import (
+    Bundle,
+    check_base,
+    commit,
+    read_bundle,
+    read_examples,
+    staging_dir,
+    write_bundle,
+)
+from toptune.serve.predict import (
+    BAD_ROW_POLICIES,
+    ServingConfig,
+    logits_of,
+    prepare_rows,
+)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ExportConfig:
+    """The ``export`` pipeline (parameters ``export.*``)."""
+
+    check_rows: int = 64
+    """Example rows of the bundle on which the merged model's logits are compared with the adapter's; 0 skips."""
+    merge_atol: float = 1e-4
+    """Largest allowed |merged logit - adapter logit| (fp32); the export fails beyond it."""
+    registered_model_name: str | None = "toptune-classifier"
+    """Register the pyfunc model under this name when the store has a registry; null = don't."""
+    example_rows: int = 5
+    """Example rows of the bundle saved as the pyfunc model's input example (and used to infer the signature)."""
+    bad_rows: str = "error"
+    """Default policy of the pyfunc / REST model for bad rows (``error`` | ``drop``); a request can
+    override it with ``params: {bad_rows: drop}``."""
+    batch_size: int = 64
+    """Default rows per forward pass of the pyfunc / REST model."""
+
+    def __post_init__(self) -> None:
+        _check(self.check_rows >= 0, f"export.check_rows={self.check_rows} must be >= 0")
+        _check(self.merge_atol > 0, f"export.merge_atol={self.merge_atol} must be > 0")
+        _check(self.example_rows >= 1, f"export.example_rows={self.example_rows} must be >= 1")
+        _check(self.bad_rows in BAD_ROW_POLICIES, f"export.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
+        _check(self.batch_size >= 1, f"export.batch_size={self.batch_size} must be >= 1")
+
+
+def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str]):
+    """The trained classifier: ``base_path`` as a classifier with the adapter (LoRA + ``score``) on top.
+
+    Returns ``(PeftModel, tokenizer)`` in eval mode, fp32 on CPU.
+    """
+    from toptune.model.load import load_classifier
+    from toptune.model.lora import load_adapter
+
+    tok = load_tokenizer(base_path)
+    model = load_classifier(base_path, id2label, tok.pad_token_id)
+    return load_adapter(model, str(adapter_dir)).eval(), tok
+
+
+@dataclass
+class MergedCheckpoint:
+    """A merged classifier ready to save as a plain transformers checkpoint."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    serving: ServingConfig
+    check: dict[str, float] = field(default_factory=dict)
+    """``merge_check_rows`` and ``merge_max_abs_diff`` (merged vs adapter logits) when checked."""
+    bundle: Bundle | None = None
+    """The merged bundle's manifest (from the adapter's); required to save."""
+    examples: pd.DataFrame | None = None
+    """The adapter bundle's example rows, carried over."""
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write weights (safetensors), config, tokenizer files, ``toptune.json`` and ``examples.json``.
+
+        Written to a staging directory and swapped in, so a failed save never leaves a half-written
+        checkpoint or files of an older one.
+        """
+        if self.bundle is None:
+            raise ValueError("a merged checkpoint is saved with its bundle manifest (see export_bundle)")
+        staged = staging_dir(out_dir)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        self.model.save_pretrained(staged)
+        self.tokenizer.save_pretrained(staged)
+        self.bundle = write_bundle(staged, self.bundle, self.examples)
+        return commit(staged, out_dir)
+
+
+def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], serving: ServingConfig,
+                  check_input_ids: list[list[int]] | None = None, atol: float = 1e-4,
+                  batch_size: int = 32) -> MergedCheckpoint:
+    """Fold the adapter into the base weights (PEFT ``merge_and_unload``).
+
+    With ``check_input_ids``, the merged model's logits on them are compared with the adapter model's
+    first, and a difference above ``atol`` raises (a merge that changes predictions must not ship).
+    """
+    from toptune.model.lora import merge
+
+    peft_model, tok = load_trained(base_path, adapter_dir, id2label)
+    before = logits_of(peft_model, check_input_ids, tok.pad_token_id, batch_size) if check_input_ids else None
+    merged = merge(peft_model).eval()  # (PEFT wrappers gone: Qwen*ForSequenceClassification)
+    merged.config.pad_token_id = tok.pad_token_id
+    merged.config.id2label = {int(k): v for k, v in id2label.items()}
+    merged.config.label2id = {v: int(k) for k, v in id2label.items()}
+    check = {}
+    if before is not None:
+        diff = float(np.abs(logits_of(merged, check_input_ids, tok.pad_token_id, batch_size) - before).max())
+        check = {"merge_check_rows": float(len(check_input_ids)), "merge_max_abs_diff": diff}
+        if diff > atol:
+            raise RuntimeError(f"merged logits differ from the adapter's by {diff:.3g} > export.merge_atol={atol}")
+    return MergedCheckpoint(merged, tok, serving, check)
+
+
+def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1e-4) -> MergedCheckpoint:
+    """Merge the adapter bundle at ``adapter_dir`` into its base checkpoint, reading nothing else.
+
+    The base checkpoint must hash as it did in training; the merged logits are compared with the
+    adapter's on up to ``check_rows`` of the bundle's example rows (a merge that changes predictions
+    must not ship).
+    """
+    from toptune.train.recipe import resolve_model_path
+
+    adapter = read_bundle(adapter_dir, "adapter")
+    base = resolve_model_path(adapter.base_model)
+    check_base(adapter, base)
+    serving = ServingConfig.of(adapter)
+    examples = read_examples(adapter_dir)
+    texts = prepare_rows(examples, serving, "drop").texts[:check_rows] if check_rows and len(examples) else []
+    check = encode(texts, load_tokenizer(base), adapter.max_length).input_ids if texts else None
+    merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check_input_ids=check, atol=atol)
+    merged.bundle = dataclasses.replace(adapter, kind="merged", extra={
+        **adapter.extra, "merged_from_adapter_sha256": adapter.weights_sha256, "base_tokenizer_sha256": adapter.tokenizer_sha256})
+    merged.examples = examples
+    return merged

@@ -1,0 +1,225 @@
+"""Classify tables with a merged checkpoint: the one path the ``predict`` pipeline, the MLflow pyfunc
+model and the REST server share (:func:`prepare_rows` then :meth:`Predictor.predict`).
+
+The merged checkpoint is a bundle (:mod:`toptune.serve.bundle`): :func:`load_predictor` reads its
+``toptune.json`` (template, token limit, labels), refuses one whose parts disagree, and loads the
+weights with transformers alone, safetensors only, no remote code. Prediction runs the stock forward:
+right padding, pooled at the rightmost token that is not ``pad_token_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from toptune.config import ConfigError, DataConfig
+from toptune.data.batches import collate
+from toptune.data.table import (
+    DataValidationError,
+    bad_cell_reasons,
+    render_texts,
+    template_columns,
+    to_frame,
+)
+from toptune.data.tokens import encode
+from toptune.model.tokenizer import load_tokenizer
+from toptune.serve.bundle import Bundle, read_bundle
+
+TEXT_COLUMN = "text"
+"""A column of already-serialised texts, accepted when the table lacks the template's columns."""
+BAD_ROW_POLICIES = ("drop", "error")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ServingConfig:
+    """How a table's rows become the model's input (the bundle's template, token limit and columns)."""
+
+    text_template: str
+    """The ``str.format`` template the model was trained with (``data.text_template``)."""
+    max_length: int
+    """Token limit per text (``training.max_length``); longer texts are truncated."""
+    id_column: str | None = "id"
+    """Column whose value identifies a row in the output; absent = the row's position in the input."""
+    label_column: str | None = None
+    """The training table's label column; ignored when present in a table to classify."""
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> ServingConfig:
+        return cls(bundle.text_template, bundle.max_length, bundle.id_column, bundle.label_column)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ServingConfig:
+        return cls.of(read_bundle(model_dir, "merged"))
+
+
+@dataclass
+class PredictConfig:
+    """The ``predict`` pipeline (parameters ``predict.*``)."""
+
+    batch_size: int = 64
+    """Rows per forward pass."""
+    bad_rows: str = "drop"
+    """Rows with an empty / NaN text cell or a non-string cell in a text column: ``drop`` (skipped,
+    counted, logged) or ``error`` (fail naming the first bad row and column)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"predict.batch_size={self.batch_size} must be >= 1")
+        _check(self.bad_rows in BAD_ROW_POLICIES, f"predict.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
+        _check(self.device in ("auto", "cpu", "cuda"), f"predict.device={self.device!r} must be auto, cpu or cuda")
+
+
+def request_params(params: dict[str, Any] | None, defaults: dict[str, Any]) -> tuple[str, int]:
+    """``(bad_rows, batch_size)`` of a pyfunc / REST request, over the model's defaults; a bad value
+    fails naming it (``params.batch_size=-1 must be an integer >= 1``)."""
+    p = {"bad_rows": "error", "batch_size": 64, **defaults, **{k: v for k, v in (params or {}).items() if v is not None}}
+    unknown = sorted(set(p) - {"bad_rows", "batch_size"})
+    _check(not unknown, f"params.{unknown[0] if unknown else ''} is not a parameter of this model (bad_rows, batch_size)")
+    bad_rows, batch_size = p["bad_rows"], p["batch_size"]
+    _check(bad_rows in BAD_ROW_POLICIES, f"params.bad_rows={bad_rows!r} must be 'drop' or 'error'")
+    _check(isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size >= 1,
+           f"params.batch_size={batch_size!r} must be an integer >= 1")
+    return str(bad_rows), int(batch_size)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def logits_of(model: nn.Module, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
+              progress: bool = False) -> np.ndarray:
+    """(N, C) float32 logits of the stock forward, in input order.
+
+    Rows are batched by length (less padding), right-padded, and put back in order at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort([len(x) for x in input_ids], kind="stable")
+    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    bar = tqdm(total=len(input_ids), desc="predict", unit="row", disable=not progress, mininterval=1.0)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        b = collate([input_ids[i] for i in idx], [-1] * len(idx), pad_token_id)
+        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
+        out[idx] = logits.float().cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+@dataclass
+class PredictRows:
+    """The rows of a table that can be classified, serialised, and what was skipped."""
+
+    ids: list[str]
+    texts: list[str]
+    counts: dict[str, int]
+    """``rows_in``, ``rows_predicted``, ``dropped_empty_text``, ``dropped_non_string``."""
+    source: str
+    """What the texts were built from: ``template columns`` or ``'text' column``."""
+
+
+def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> PredictRows:
+    """Validate and serialise the rows of ``table`` (pandas or Hugging Face dataset) for prediction.
+
+    Texts come from the model's template when the table has all its columns, else from a ``text``
+    column; otherwise the error names the missing column. Extra columns (the label column, say) are
+    ignored. Bad cells (empty / NaN text, a non-string in a text column: the training rule) fail the
+    call under ``bad_rows="error"``, naming the row and column, or are skipped and counted under ``drop``.
+    """
+    if bad_rows not in BAD_ROW_POLICIES:
+        raise ConfigError(f"bad_rows={bad_rows!r} must be 'drop' or 'error'")
+    df = to_frame(table).reset_index(drop=True)
+    df.columns = [str(c) for c in df.columns]
+    template, source = serving.text_template, "template columns"
+    missing = [c for c in template_columns(template) if c not in df.columns]
+    if missing:
+        if TEXT_COLUMN not in df.columns:
+            raise DataValidationError(
+                f"the table lacks column '{missing[0]}' of the model's text template {template!r} and has no "
+                f"'{TEXT_COLUMN}' column (columns: {', '.join(df.columns) or 'none'})")
+        template, source = "{" + TEXT_COLUMN + "}", f"'{TEXT_COLUMN}' column"
+    if serving.id_column and serving.id_column in df.columns:
+        ids = df[serving.id_column].astype(str)
+    else:
+        ids = pd.Series(df.index.astype(str), index=df.index)
+    reasons = bad_cell_reasons(df, DataConfig(text_template=template), need_label=False) if len(df) else pd.Series(dtype=object)
+    bad = reasons != ""
+    if bad_rows == "error" and bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        kind, col = reasons.iloc[row].split(":", 1)
+        raise DataValidationError(f"row {row} (id {ids.iloc[row]}), column '{col}': {kind.replace('_', ' ')} (bad_rows=error)")
+    ok = df[~bad]
+    counts = {"rows_in": len(df), "rows_predicted": len(ok)}
+    for kind in ("empty_text", "non_string"):
+        counts[f"dropped_{kind}"] = int(reasons.str.startswith(kind).sum()) if len(df) else 0
+    return PredictRows(ids[~bad].tolist(), render_texts(ok, template), counts, source)
+
+
+@dataclass
+class Predictor:
+    """A merged checkpoint loaded for prediction (no PEFT)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    serving: ServingConfig
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.model.config.id2label.items()}
+
+    def columns(self) -> list[str]:
+        """Output columns: ``id``, ``label``, then ``prob_<class>`` in class-index order."""
+        return ["id", "label"] + [f"prob_{self.id2label[c]}" for c in sorted(self.id2label)]
+
+    def predict(self, rows: PredictRows, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
+        """One output row per input row of ``rows``: id, predicted label, probability per class."""
+        if not rows.texts:
+            return pd.DataFrame({c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()})
+        enc = encode(rows.texts, self.tokenizer, self.serving.max_length, ids=rows.ids)
+        logits = logits_of(self.model, enc.input_ids, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
+        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        id2label = self.id2label
+        out = pd.DataFrame({"id": rows.ids, "label": [id2label[int(i)] for i in probs.argmax(-1)]})
+        for c in sorted(id2label):
+            out[f"prob_{id2label[c]}"] = probs[:, c]
+        return out
+
+
+def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
+    """Load a merged bundle (checked: labels, tokenizer, template) with transformers alone."""
+    from toptune.model import families
+
+    bundle = read_bundle(model_dir, "merged")
+    families.register()  # a merged Qwen3.5 MoE classifier is toptune's own class
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True,
+                                                               trust_remote_code=False)
+    tok = load_tokenizer(model_dir)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return Predictor(model.to(_device(device)).eval(), tok, ServingConfig.of(bundle))

@@ -1,0 +1,166 @@
+"""Compose the pieces of a run: resolve the checkpoint, load tokenizer and classifier, add adapters,
+train in the configured prefix mode, predict. Kedro nodes and the benchmark call these."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from toptune.config import (
+    DEFAULT_MODEL_PATH,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    TrainingConfig,
+)
+from toptune.data.tokens import Encoded
+from toptune.model import families
+from toptune.model.load import decoder_layers, load_classifier
+from toptune.model.lora import add_adapters, param_counts
+from toptune.model.precision import resolve_dtype, trainable_in_fp32
+from toptune.model.tiny import ensure_tiny_qwen
+from toptune.model.tokenizer import load_tokenizer
+from toptune.prefix.selfcheck import split_check
+from toptune.train import distributed
+from toptune.train.checkpoint import fingerprint
+from toptune.train.checkpoint.resume import CHECKPOINT_DIR, Checkpoints
+from toptune.train.loop import (
+    EvalResult,
+    TrainResult,
+    autocast,
+    eval_split,
+    live_batches,
+    live_logits,
+    resolve_device,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str:
+    """The checkpoint to load: the embedded default is written on first use; anything else is passed
+    through (hub id or local directory) for ``from_pretrained`` to resolve."""
+    if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
+        # Under torchrun: rank 0 writes it, the others find it written (or write their machine's copy).
+        return str(distributed.in_turn(lambda: ensure_tiny_qwen(Path(project_root) / DEFAULT_MODEL_PATH)))
+    return name_or_path
+
+
+@dataclass
+class Classifier:
+    """A Qwen classifier with LoRA on its trainable blocks, ready to train or predict."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    trainable_layers: list[int]
+    """Trainable block indices (``model.trainable_layers`` resolved against the checkpoint)."""
+    device: torch.device
+
+    @property
+    def first_trainable_layer(self) -> int:
+        """Lowest trainable block: blocks below it are the frozen prefix."""
+        return min(self.trainable_layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.model.config.pad_token_id
+
+
+def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
+                     device: str = "auto", tokenizer: PreTrainedTokenizerBase | None = None) -> Classifier:
+    """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks (under
+    ``torchrun``, after joining the job's process group: the model goes to this process's device)."""
+    distributed.init()
+    path = resolve_model_path(model_cfg.name_or_path)
+    tok = tokenizer or load_tokenizer(path)
+    dev = resolve_device(device)
+    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
+    layers = model_cfg.layer_indices(len(decoder_layers(model)))
+    peft_model = trainable_in_fp32(add_adapters(model, lora, layers)).to(dev)
+    return Classifier(peft_model, tok, layers, dev)
+
+
+def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
+    """Stock vs split forward on the first ``batch_size`` examples of ``enc`` (the run's first batch); the
+    measured difference, or :class:`toptune.prefix.selfcheck.SplitMismatch` naming the model type."""
+    first = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
+    b = next(first.load(first.order(0)[:1]))
+    check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, autocast(clf.device))
+    if not families.is_tested(check.model_type):
+        log.warning("model type %r is untested; its split check passed (max |Δlogit| %.2e on %d examples)",
+                    check.model_type, check.max_abs_logit_diff, check.rows)
+    return check.as_dict()
+
+
+def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], decided_mode: str | None = None,
+                   run_id: str | None = None, directory: str | Path = CHECKPOINT_DIR) -> tuple[TrainingConfig, Checkpoints]:
+    """The training parameters with ``prefix_mode`` decided, and the run's checkpoints (fingerprinted
+    with the decided mode, ``run_id`` beside them). ``auto`` takes the mode of the checkpoint the run
+    continues (another mode would take other steps), else ``decided_mode`` (the cache node's choice),
+    else it is decided here."""
+    training, world = cfg.training, distributed.world()
+    checkpoints = Checkpoints(Path(directory), fingerprint(cfg, world, clf.device.type, data), training.resume,
+                              training.checkpoint_every, run_id)
+    if training.prefix_mode == "auto":
+        chosen = checkpoints.choose()  # under "auto" a checkpoint of either decided mode matches
+        mode = chosen["fingerprint"]["params"]["training.prefix_mode"] if chosen else decided_mode or "auto"
+        if chosen and decided_mode not in (None, mode):
+            log.info("training.prefix_mode auto: %s, as checkpoint %s was trained (measured now: %s)", mode,
+                     chosen["path"], decided_mode)
+        training = dataclasses.replace(training, prefix_mode=mode)
+        if mode == "auto":
+            from toptune.cache import resolve_prefix_mode
+
+            training, _ = resolve_prefix_mode(clf, data, training)
+        checkpoints.fingerprint = fingerprint(dataclasses.replace(cfg, training=training), world, clf.device.type, data)
+    return training, checkpoints
+
+
+def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoints: Checkpoints | None = None) -> TrainResult:
+    """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode`` (``auto``
+    resolved here unless the caller already did); with ``checkpoints``, checkpointing and resuming as they
+    say. The model ends with the best epoch's weights."""
+    if cfg.prefix_mode == "auto":
+        from toptune.cache import resolve_prefix_mode
+
+        cfg, _ = resolve_prefix_mode(clf, data, cfg)
+    if cfg.prefix_mode == "cache":
+        from toptune.cache import fit_cached
+
+        return fit_cached(clf, data, cfg, checkpoints=checkpoints)
+    logits_fn = live_logits(clf.model, clf.first_trainable_layer, cfg.prefix_mode)
+    train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
+    val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device) if "val" in data else None
+    return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints)
+
+
+def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
+    """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here); under
+    ``torchrun`` the processes split the batches and every one gets all the logits."""
+    batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
+    return eval_split(clf.model, batches, live_logits(clf.model, clf.first_trainable_layer, "no_grad"), clf.device)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities of (N, C) logits."""
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def describe(clf: Classifier) -> dict[str, int | str]:
+    """Flat facts about the model for logging: block split and parameter counts."""
+    return {"num_layers": clf.num_layers, "first_trainable_layer": clf.first_trainable_layer,
+            "trainable_layers": ",".join(map(str, clf.trainable_layers)), **param_counts(clf.model)}
