@@ -36,7 +36,7 @@ from toptune.prefix.forward import run_prefix
 from toptune.train.recipe import build_classifier, fit, predict
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("model_weights", "first_trainable_layer", "tokenizer", "max_length", "dtype", "data")
+FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
 
 
 def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:
@@ -72,7 +72,7 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
     # Stored rows are the live prefix's hidden states of each example, unpadded.
     enc = data["val"]
     b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
-    live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer)
+    live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block)
     rows = live[b["attention_mask"].bool()]
     torch.testing.assert_close(stored_rows(again, "val", enc), rows, atol=1e-5, rtol=0)
 
@@ -88,7 +88,7 @@ def variants(clf, data, cfg, tiny_qwen3, tokenizer):
     changed["train"].input_ids[3] = [changed["train"].input_ids[3][0] + 1] + changed["train"].input_ids[3][1:]
     return {
         "model_weights": (heavier, data, cfg),
-        "first_trainable_layer": (classifier(tiny_qwen3, k=3), data, cfg),
+        "first_trainable_block": (classifier(tiny_qwen3, k=3), data, cfg),
         "tokenizer": (dataclasses.replace(clf, tokenizer=tok), data, cfg),
         "max_length": (clf, data, dataclasses.replace(cfg, max_length=32)),
         "dtype": (clf, data, dataclasses.replace(cfg, cache_dtype="bfloat16")),

@@ -18,7 +18,7 @@ from toptune.model.load import backbone, load_classifier
 from toptune.model.lora import (
     add_adapters,
     load_adapter,
-    lora_blocks,
+    trainable_blocks,
     lora_config,
     merge,
 )
@@ -93,7 +93,7 @@ def test_split_equals_stock_logits_and_gradients(checkpoint, side):
 def test_lora_on_top_blocks_only_after_save_and_load(checkpoint, tmp_path):
     model_type, path = checkpoint
     model = classifier(path, experts=model_type in MOE).eval()
-    assert lora_blocks(model) == set(TOP)
+    assert trainable_blocks(model) == set(TOP)
     names = json.dumps(model.peft_config["default"].target_modules, default=sorted)
     if model_type in ("qwen3_next", "qwen3_5_moe", "qwen2_moe"):
         assert "shared_expert.gate_proj" in names  # the shared expert is an MLP: it gets LoRA under auto
@@ -104,7 +104,7 @@ def test_lora_on_top_blocks_only_after_save_and_load(checkpoint, tmp_path):
         before = stock_logits(model, ids, mask)
     model.save_pretrained(tmp_path)
     loaded = load_adapter(load_classifier(path, ID2LABEL, PAD, seed=99), str(tmp_path)).eval()
-    assert lora_blocks(loaded) == set(TOP)
+    assert trainable_blocks(loaded) == set(TOP)
     with torch.no_grad():
         torch.testing.assert_close(stock_logits(loaded, ids, mask), before, atol=1e-6, rtol=0)
 
@@ -119,7 +119,7 @@ def test_peft_rewrite_would_move_lora_into_the_prefix(tmp_path, model_type):
     build_random(spec).save_pretrained(tmp_path)
     base = load_classifier(tmp_path, ID2LABEL, PAD)
     stock_peft = get_peft_model(base, lora_config(base, LoraSettings(), TOP))
-    assert lora_blocks(stock_peft) - set(TOP), "PEFT no longer rewrites MoE targets: v5_native may be dropped"
+    assert trainable_blocks(stock_peft) - set(TOP), "PEFT no longer rewrites MoE targets: v5_native may be dropped"
 
 
 def test_cached_path_equals_live_path(checkpoint):

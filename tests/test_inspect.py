@@ -93,7 +93,7 @@ def test_prefix_out_of_the_graph_exactly_where_it_should_be(report):
     assert prefix_sum(report, "topk_autograd_input_grads") > 0
     assert prefix_sum(report, "topk_autograd_input_grads", "autograd_nodes_by_block") > 0
     assert all(m["topk_autograd_input_grads"]["saved_bytes_by_block"][f"layer.{i}"] > 0
-               for i in range(report["model"]["first_trainable_layer"]))
+               for i in range(report["model"]["first_trainable_block"]))
     assert prefix_sum(report, "full") > 0 and prefix_sum(report, "lora_all") > 0
     k, layers = len(report["model"]["trainable_layers"]), report["model"]["num_layers"]
     assert m["topk_no_grad"]["saved_bytes_total"] <= m["lora_all"]["saved_bytes_total"] * k / layers * 1.1

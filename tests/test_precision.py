@@ -51,7 +51,7 @@ def test_trainable_parameters_are_fp32_under_bf16_weights(tiny_qwen3):
     params = trainable_parameters(clf.model)
     opt = torch.optim.AdamW(params, lr=1e-3, fused=fused_adamw_ok(params))
     b = batch(clf.tokenizer, "right")
-    logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, "no_grad")
+    logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, "no_grad")
     assert logits.dtype == torch.float32
     torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
@@ -68,7 +68,7 @@ def test_bf16_split_equals_bf16_stock_forward(tiny_checkpoint):
             out = {}
             for mode in ("no_grad", "autograd"):
                 clf.model.zero_grad(set_to_none=True)
-                logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, mode)
+                logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode)
                 torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
                 out[mode] = logits.detach(), {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
             (split, split_grads), (stock, stock_grads) = out["no_grad"], out["autograd"]
@@ -77,7 +77,7 @@ def test_bf16_split_equals_bf16_stock_forward(tiny_checkpoint):
                 torch.testing.assert_close(split_grads[n], g, atol=1e-3, rtol=1e-2, msg=f"K={k} {side} {n}")
     # bf16 weights do compute something else than fp32 ones (the test is not comparing fp32 twice) …
     fp32 = classifier(tiny_checkpoint, 4)
-    full = forward_logits(fp32.model, b["input_ids"], b["attention_mask"], fp32.first_trainable_layer, "no_grad")
+    full = forward_logits(fp32.model, b["input_ids"], b["attention_mask"], fp32.first_trainable_block, "no_grad")
     assert 0 < (full - split).abs().max() < 0.25  # … and stays near them
 
 
@@ -85,8 +85,8 @@ def test_fp32_path_is_unchanged(tiny_qwen3):
     auto = classifier(tiny_qwen3)  # model.dtype: auto on the CPU
     assert {p.dtype for p in auto.model.parameters()} == {torch.float32}
     b = batch(auto.tokenizer, "right")
-    split = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_layer, "no_grad")
-    stock = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_layer, "autograd")
+    split = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_block, "no_grad")
+    stock = forward_logits(auto.model, b["input_ids"], b["attention_mask"], auto.first_trainable_block, "autograd")
     torch.testing.assert_close(split, stock, atol=1e-5, rtol=0)
 
 

@@ -62,7 +62,7 @@ def test_logits_equal_stock_forward(tiny_checkpoint, tokenizer, k, side):
     b = batch(tokenizer, side)
     with torch.no_grad():
         stock = clf.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-    ours = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, "no_grad")
+    ours = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, "no_grad")
     assert stock.shape == ours.shape == (len(TEXTS), 3)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
 
@@ -74,7 +74,7 @@ def test_gradients_equal_stock_backward(tiny_checkpoint, tokenizer, k):
     grads = {}
     for mode in ("autograd", "no_grad"):
         clf.model.zero_grad(set_to_none=True)
-        logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, mode)
+        logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode)
         torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
         grads[mode] = {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
     assert grads["no_grad"].keys() == grads["autograd"].keys()
@@ -110,16 +110,16 @@ def test_prefix_saves_nothing_even_with_input_grads(tiny_checkpoint, tokenizer, 
     clf = classifier(tiny_checkpoint, k)
     clf.model.enable_input_require_grads()  # what gradient checkpointing switches on
     b = batch(tokenizer, "right")
-    prefix = range(clf.first_trainable_layer)
+    prefix = range(clf.first_trainable_block)
 
     def step(mode):
-        return lambda: forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, mode).sum().backward()
+        return lambda: forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode).sum().backward()
 
     stock = saved_bytes_by_block(clf.model, step("autograd"))
     ours = saved_bytes_by_block(clf.model, step("no_grad"))
     assert all(stock.get(i, 0) > 0 for i in prefix), f"stock path shows no prefix bytes: {stock}"
     assert all(ours.get(i, 0) == 0 for i in prefix), f"no_grad prefix saved bytes: {ours}"
-    top = range(clf.first_trainable_layer, len(decoder_layers(clf.model)))
+    top = range(clf.first_trainable_block, len(decoder_layers(clf.model)))
     assert all(ours.get(i, 0) > 0 for i in top), "trainable blocks must still save activations"
 
 
@@ -154,11 +154,11 @@ def test_only_top_blocks_and_head_train(tiny_qwen3):
 def assert_fast_top_equals_stock(clf, b: dict) -> None:
     """Logits and every trainable parameter's gradient of the fast top blocks equal the stock top view's."""
     pooled = pool_index(b["input_ids"], clf.pad_token_id)
-    hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer)
+    hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block)
     out = {}
     for fast in (False, True):
         clf.model.zero_grad(set_to_none=True)
-        logits = run_top(clf.model, hidden, b["attention_mask"], pooled, clf.first_trainable_layer, fast=fast)
+        logits = run_top(clf.model, hidden, b["attention_mask"], pooled, clf.first_trainable_block, fast=fast)
         torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
         out[fast] = logits.detach(), {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
     (stock_logits, stock_grads), (logits, grads) = out[False], out[True]

@@ -126,7 +126,7 @@ class ModelConfig:
             self.trainable_layers = sorted(set(k))
         _check(self.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={self.dtype!r} must be auto, float32 or bfloat16")
 
-    def layer_indices(self, num_layers: int) -> list[int]:
+    def trainable_blocks(self, num_layers: int) -> list[int]:
         """The trainable block indices for a model of ``num_layers`` blocks."""
         k = self.trainable_layers
         if isinstance(k, int):

@@ -178,7 +178,7 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     split = cache.split("train", setup.data["train"], clf.pad_token_id)
     params = trainable_parameters(clf.model)
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.0, fused=fused_adamw_ok(params))
-    logits_fn, dev = cached_logits(clf.model, clf.first_trainable_layer), clf.device
+    logits_fn, dev = cached_logits(clf.model, clf.first_trainable_block), clf.device
     clf.model.train()
     epochs: list[timed] = []
     with prefix_offloaded(clf):

@@ -82,7 +82,7 @@ def compute_rate(clf, enc: Encoded, batch_size: int, seed: int, batches: int = P
             _sync(clf.device)
             t = time.perf_counter()
             with autocast(clf.device):
-                run_prefix(clf.model, ids, mask, clf.first_trainable_layer)  # (B, T, D)
+                run_prefix(clf.model, ids, mask, clf.first_trainable_block)  # (B, T, D)
             _sync(clf.device)
             if k:
                 tokens, seconds = tokens + int(mask.sum()), seconds + time.perf_counter() - t

@@ -150,7 +150,7 @@ def build_shard(clf, enc: Encoded, job: ShardJob, directory: Path, dtype: torch.
                 index[take, 2] = pool_index(b["input_ids"], clf.pad_token_id).numpy()
                 ids, mask = b["input_ids"].to(clf.device), b["attention_mask"].to(clf.device)
                 with autocast(clf.device):
-                    hidden = run_prefix(clf.model, ids, mask, clf.first_trainable_layer)  # (B, T, D)
+                    hidden = run_prefix(clf.model, ids, mask, clf.first_trainable_block)  # (B, T, D)
                 rows = torch.from_numpy(real_rows(lengths[take], ids.shape[1])).to(clf.device)
                 writer.put(hidden.flatten(0, 1).index_select(0, rows).to(dtype))  # (Σ lengths, D), example by example
                 i += len(lengths[take])

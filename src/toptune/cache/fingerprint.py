@@ -121,9 +121,9 @@ def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig) -> dict:
     """Everything the stored hidden states depend on; a cache is valid only for an equal fingerprint."""
     return {
         "format": CACHE_FORMAT,
-        "model_weights": model_weights_hash(clf.model, clf.first_trainable_layer),
+        "model_weights": model_weights_hash(clf.model, clf.first_trainable_block),
         "num_layers": clf.num_layers,
-        "first_trainable_layer": clf.first_trainable_layer,
+        "first_trainable_block": clf.first_trainable_block,
         "tokenizer": tokenizer_hash(clf.tokenizer),
         "max_length": cfg.max_length,
         "dtype": dtype_name(storage_dtype(cfg, clf.model)),

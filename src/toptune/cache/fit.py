@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def prefix_modules(clf) -> list[nn.Module]:
     """The modules only the prefix uses: the token embedding and blocks ``0 … first-1``."""
     inner = backbone(clf.model)
-    return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first_trainable_layer)]]
+    return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first_trainable_block)]]
 
 
 def prefix_bytes(clf) -> int:
@@ -90,7 +90,7 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(clf.model, train_b, cached_logits(clf.model, clf.first_trainable_layer), cfg, clf.device, val_b, checkpoints)
+        return train(clf.model, train_b, cached_logits(clf.model, clf.first_trainable_block), cfg, clf.device, val_b, checkpoints)
 
 
 def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size: int,
@@ -100,4 +100,4 @@ def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size:
     split = cache.split(name, enc)
     with prefix_offloaded(clf):
         return eval_split(clf.model, cached_batches(split, batch_size, False, 0, bucket, clf.device),
-                          cached_logits(clf.model, clf.first_trainable_layer), clf.device)
+                          cached_logits(clf.model, clf.first_trainable_block), clf.device)

@@ -11,7 +11,7 @@ from toptune.train.loop import LogitsFn
 __all__ = ["cached_logits", "pool_index", "run_prefix"]
 
 
-def cached_logits(model: nn.Module, first_trainable_layer: int) -> LogitsFn:
-    """Logits of cached batches: blocks ``first_trainable_layer …`` (the fast path where the family has
+def cached_logits(model: nn.Module, first_trainable_block: int) -> LogitsFn:
+    """Logits of cached batches: blocks ``first_trainable_block …`` (the fast path where the family has
     one: fused, the last at the pooled token only), norm, score at the pooled token."""
-    return lambda b: run_top(model, b["hidden"], b["attention_mask"], b["pooled"], first_trainable_layer, fast=True)
+    return lambda b: run_top(model, b["hidden"], b["attention_mask"], b["pooled"], first_trainable_block, fast=True)

@@ -201,9 +201,9 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
     counts = param_counts(setup.model)
     if not report["model"]:
         inner = backbone(setup.model)
-        top = model_cfg.layer_indices(num_layers)
+        top = model_cfg.trainable_blocks(num_layers)
         report["model"] = {"name_or_path": model_cfg.name_or_path, "model_type": inner.config.model_type,
-                           "num_layers": num_layers, "trainable_layers": top, "first_trainable_layer": min(top),
+                           "num_layers": num_layers, "trainable_layers": top, "first_trainable_block": min(top),
                            "hidden_size": inner.config.hidden_size, "lora_r": lora.r,
                            "dtype": str(next(setup.model.parameters()).dtype).removeprefix("torch."),
                            "device": str(dev), "autocast": "bfloat16" if dev.type == "cuda" else None,

@@ -62,7 +62,7 @@ def saved_bytes_figure(report: dict) -> Figure:
     top-K blocks / the rest, with the analytic estimate of the top K where there is one."""
     modes = _measured(report)
     blocks = block_keys(report["model"]["num_layers"])
-    first = report["model"]["first_trainable_layer"]
+    first = report["model"]["first_trainable_block"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(10, 0.8 * len(blocks) + 5), 5.0),
                                   gridspec_kw={"width_ratios": [max(3, len(blocks) / 3), 1.6]})
     width = 0.8 / max(len(modes), 1)

@@ -108,7 +108,7 @@ def load_adapter(model: nn.Module, adapter_dir: str, is_trainable: bool = False)
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
 
 
-def lora_blocks(model: nn.Module) -> set[int]:
+def trainable_blocks(model: nn.Module) -> set[int]:
     """Indices of the blocks holding any LoRA weight (what the adapter really touches)."""
     inner = backbone(model)
     return {i for i, block in enumerate(inner.layers) if any("lora_" in n for n, _ in block.named_parameters())}

@@ -73,6 +73,6 @@ def check_model(cfg: ModelConfig) -> list[int] | None:
     if n is None:
         return None
     try:
-        return cfg.layer_indices(n)
+        return cfg.trainable_blocks(n)
     except ConfigError as e:
         raise ConfigError(f"{e} (model.name_or_path={cfg.name_or_path}, config.json num_hidden_layers={n})") from None

@@ -129,11 +129,11 @@ def fused_block(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, index: in
     return h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
 
 
-def run_top_fast(inner: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_layer: int) -> Tensor:
+def run_top_fast(inner: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int) -> Tensor:
     """Final-normed hidden state (B, D) at the pooled tokens, from the state ``hidden`` (B, T, D) entering
-    block ``first_trainable_layer``: blocks fused, the last one at the pooled token only."""
+    block ``first_trainable_block``: blocks fused, the last one at the pooled token only."""
     inputs = block_inputs(inner, hidden, attention_mask)
     last = len(inner.layers) - 1
-    for i in range(first_trainable_layer, last):
+    for i in range(first_trainable_block, last):
         hidden = fused_block(inner, hidden, inputs, i)
     return inner.norm(last_block_at(inner, hidden, inputs, pooled, last))  # (B, D)

@@ -3,7 +3,7 @@
 The stock forward (``model(input_ids, attention_mask)``) records every block in the autograd graph as
 soon as anything upstream requires grad (``enable_input_require_grads``, as gradient checkpointing
 switches on, is enough), so the frozen prefix keeps its activations for a backward that never needs
-them. Here the model's forward is split at block ``first_trainable_layer`` (f), on the model's own code:
+them. Here the model's forward is split at block ``first_trainable_block`` (f), on the model's own code:
 
     prefix view  blocks [0, f)   embed → blocks, no final norm; under no_grad, output detached (nothing saved)
     top view     blocks [f, L)   the boundary as ``inputs_embeds`` → blocks → final norm   (in the graph)
@@ -36,26 +36,26 @@ def pool_index(input_ids: Tensor, pad_token_id: int | None) -> Tensor:
     return (positions * (input_ids != pad_token_id)).argmax(-1)
 
 
-def run_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_layer: int) -> Tensor:
-    """Hidden states (B, T, D) entering block ``first_trainable_layer``, computed without recording a graph."""
+def run_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int) -> Tensor:
+    """Hidden states (B, T, D) entering block ``first_trainable_block``, computed without recording a graph."""
     inner = backbone(model)
     with torch.no_grad():
-        hidden = run_view(block_view(inner, 0, first_trainable_layer, final_norm=False), attention_mask,
+        hidden = run_view(block_view(inner, 0, first_trainable_block, final_norm=False), attention_mask,
                           input_ids=input_ids)  # (B, T, D)
     # detach: even with enable_input_require_grads (which marks the embedding output as requiring
     # grad), the top blocks start a fresh graph here.
     return hidden.detach()
 
 
-def run_top(model: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_layer: int,
+def run_top(model: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int,
             fast: bool = False) -> Tensor:
-    """Logits (B, C) from the state ``hidden`` (B, T, D) entering block ``first_trainable_layer``; ``pooled``
+    """Logits (B, C) from the state ``hidden`` (B, T, D) entering block ``first_trainable_block``; ``pooled``
     (B,) picks each example's token. ``fast`` (the cached epochs) runs Qwen2 / Qwen3 dense blocks through
     :mod:`toptune.prefix.fast`; every other case runs the top view's stock forward, so module hooks fire."""
     inner = backbone(model)
-    if fast and fast_supported(inner) and first_trainable_layer < len(inner.layers):
-        return score_head(model)(run_top_fast(inner, hidden, attention_mask, pooled, first_trainable_layer))
-    out = run_view(block_view(inner, first_trainable_layer, len(inner.layers), final_norm=True), attention_mask,
+    if fast and fast_supported(inner) and first_trainable_block < len(inner.layers):
+        return score_head(model)(run_top_fast(inner, hidden, attention_mask, pooled, first_trainable_block))
+    out = run_view(block_view(inner, first_trainable_block, len(inner.layers), final_norm=True), attention_mask,
                    inputs_embeds=hidden)  # (B, T, D)
     return score_head(model)(out[torch.arange(out.shape[0], device=out.device), pooled])  # (B, C)
 
@@ -66,16 +66,16 @@ def stock_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) ->
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_layer: int,
+def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
                    mode: str = "no_grad") -> Tensor:
     """Classifier logits (B, C) with the prefix run per ``mode`` (``autograd`` = the stock forward)."""
     if mode == "autograd":
         return stock_logits(model, input_ids, attention_mask)
     inner = backbone(model)
     pooled = pool_index(input_ids, inner.config.pad_token_id)
-    if first_trainable_layer == 0:
+    if first_trainable_block == 0:
         # No frozen prefix (K = L): the embedding starts the graph, as in the stock forward.
         out = run_view(block_view(inner, 0, len(inner.layers), final_norm=True), attention_mask, input_ids=input_ids)
         return score_head(model)(out[torch.arange(out.shape[0], device=out.device), pooled])
-    hidden = run_prefix(model, input_ids, attention_mask, first_trainable_layer)
-    return run_top(model, hidden, attention_mask, pooled, first_trainable_layer)
+    hidden = run_prefix(model, input_ids, attention_mask, first_trainable_block)
+    return run_top(model, hidden, attention_mask, pooled, first_trainable_block)

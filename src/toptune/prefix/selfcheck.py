@@ -43,7 +43,7 @@ class SplitCheck:
 
 
 @torch.no_grad()
-def split_check(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_layer: int,
+def split_check(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
                 autocast=None) -> SplitCheck:
     """Logits of the stock forward and of the split on one batch, in eval mode (no dropout); raises
     :class:`SplitMismatch` with one line naming the model type and the difference above tolerance."""
@@ -52,7 +52,7 @@ def split_check(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, fir
     try:
         with autocast or contextlib.nullcontext():
             stock = stock_logits(model, input_ids, attention_mask).float()  # (B, C)
-            split = forward_logits(model, input_ids, attention_mask, first_trainable_layer, "no_grad").float()
+            split = forward_logits(model, input_ids, attention_mask, first_trainable_block, "no_grad").float()
     finally:
         model.train(was_training)
     config = model.config

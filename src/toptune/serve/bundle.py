@@ -75,7 +75,7 @@ class Bundle:
     """Free-form facts (``merged_from``: the adapter's weights hash, …)."""
 
 
-def adapter_blocks(adapter_config: dict) -> list[int]:
+def trainable_blocks(adapter_config: dict) -> list[int]:
     """The blocks an adapter config puts LoRA on: toptune names every target in full (``model.layers.5.…``)."""
     names = list(adapter_config.get("target_modules") or []) + list(adapter_config.get("target_parameters") or [])
     return sorted({int(m.group(1)) for n in names if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", n))})
@@ -192,7 +192,7 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
     if kind == "adapter":
         if files_sha256(own) != b.weights_sha256:
             raise BundleError(f"{d}: {ADAPTER_WEIGHTS} is not the file {BUNDLE_FILE} was written with (weights hash differs)")
-        layers = adapter_blocks(json.loads((d / "adapter_config.json").read_text()))
+        layers = trainable_blocks(json.loads((d / "adapter_config.json").read_text()))
         if layers != sorted(b.trainable_layers):
             raise BundleError(f"{d}: adapter_config.json trains blocks {layers}, {BUNDLE_FILE} says {b.trainable_layers}")
     else:

@@ -65,7 +65,7 @@ class Classifier:
     device: torch.device
 
     @property
-    def first_trainable_layer(self) -> int:
+    def first_trainable_block(self) -> int:
         """Lowest trainable block: blocks below it are the frozen prefix."""
         return min(self.trainable_layers)
 
@@ -87,7 +87,7 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
     tok = tokenizer or load_tokenizer(path)
     dev = resolve_device(device)
     model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
-    layers = model_cfg.layer_indices(len(decoder_layers(model)))
+    layers = model_cfg.trainable_blocks(len(decoder_layers(model)))
     peft_model = trainable_in_fp32(add_adapters(model, lora, layers)).to(dev)
     return Classifier(peft_model, tok, layers, dev)
 
@@ -97,7 +97,7 @@ def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     measured difference, or :class:`toptune.prefix.selfcheck.SplitMismatch` naming the model type."""
     first = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
     b = next(first.load(first.order(0)[:1]))
-    check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_layer, autocast(clf.device))
+    check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, autocast(clf.device))
     if not families.is_tested(check.model_type):
         log.warning("model type %r is untested; its split check passed (max |Δlogit| %.2e on %d examples)",
                     check.model_type, check.max_abs_logit_diff, check.rows)
@@ -140,7 +140,7 @@ def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoi
         from toptune.cache import fit_cached
 
         return fit_cached(clf, data, cfg, checkpoints=checkpoints)
-    logits_fn = live_logits(clf.model, clf.first_trainable_layer, cfg.prefix_mode)
+    logits_fn = live_logits(clf.model, clf.first_trainable_block, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
     val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device) if "val" in data else None
     return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints)
@@ -150,7 +150,7 @@ def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
     """Logits for every example of ``enc`` (no_grad forward; the prefix never needs a graph here); under
     ``torchrun`` the processes split the batches and every one gets all the logits."""
     batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
-    return eval_split(clf.model, batches, live_logits(clf.model, clf.first_trainable_layer, "no_grad"), clf.device)
+    return eval_split(clf.model, batches, live_logits(clf.model, clf.first_trainable_block, "no_grad"), clf.device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -162,5 +162,5 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def describe(clf: Classifier) -> dict[str, int | str]:
     """Flat facts about the model for logging: block split and parameter counts."""
-    return {"num_layers": clf.num_layers, "first_trainable_layer": clf.first_trainable_layer,
+    return {"num_layers": clf.num_layers, "first_trainable_block": clf.first_trainable_block,
             "trainable_layers": ",".join(map(str, clf.trainable_layers)), **param_counts(clf.model)}

@@ -10,7 +10,7 @@ import pandas as pd
 
 from toptune.config import RunConfig
 from toptune.data.tokens import Encoded
-from toptune.model.lora import lora_blocks
+from toptune.model.lora import trainable_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
 from toptune.serve.bundle import Bundle, base_identity
 from toptune.train import distributed
@@ -74,7 +74,7 @@ def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict
     run = mlflow.active_run()
     bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=cfg.data.text_template,
                     max_length=cfg.training.max_length, id_column=cfg.data.id_column, label_column=cfg.data.label_column,
-                    trainable_layers=sorted(lora_blocks(peft_model)),
+                    trainable_layers=sorted(trainable_blocks(peft_model)),
                     mlflow_run_id=run.info.run_id if run else None,
                     **base_identity(cfg.model.name_or_path, resolve_model_path(cfg.model.name_or_path)))
     return {"model": peft_model, "bundle": bundle, "examples": pd.DataFrame(input_example)}
