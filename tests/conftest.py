@@ -4,10 +4,12 @@ checkpoints."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+# Helpers shared by the tests (support/*.py) get pytest's assertion messages too.
+pytest.register_assert_rewrite("support")
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -18,22 +20,6 @@ from toptune.model.tiny import TinyQwenSpec, write_tiny_qwen  # noqa: E402
 from toptune.model.tokenizer import build_qwen_tokenizer, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_project(dest: Path) -> Path:
-    """A copy of the project's configuration and bundled table in ``dest`` (code comes from the package)."""
-    shutil.copytree(ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
-    (dest / "conf" / "local").mkdir()
-    # An absolute store: MLflow caches one engine per URI, and a relative sqlite URI would follow the first
-    # test project's working directory for the rest of this (long-lived) process.
-    mlflow_yml = dest / "conf" / "base" / "mlflow.yml"
-    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{dest / 'mlflow.db'}"))
-    (dest / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "reviews.csv", dest / "data" / "01_raw")
-    shutil.copy(ROOT / "pyproject.toml", dest)
-    (dest / "src").mkdir()  # Kedro checks that the source dir exists; the code is the installed package
-    (dest / ".telemetry").write_text("consent: false\n")
-    return dest
 
 
 SMALL = dict(num_layers=4, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
@@ -85,9 +71,10 @@ def tiny_checkpoint(request, tiny_qwen3, tiny_qwen2):
 @pytest.fixture(scope="session")
 def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
     """One uninterrupted ``kedro run`` (subprocess, cache mode, checkpoints every 2 steps) on the tiny Qwen3:
-    the baseline of tests/test_ddp.py and tests/test_resume.py. Returns its project and the run's
+    the baseline of tests/train/test_ddp.py and tests/train/test_resume.py. Returns its project and the run's
     ``--params`` (without ``training.resume`` / ``training.checkpoint_every``, which do not change the steps)."""
-    from kedro_proc import BIN, KEDRO_PARAMS, run
+    from support.kedro_proc import BIN, KEDRO_PARAMS, run
+    from support.project import make_project
 
     params = f"{KEDRO_PARAMS},model.name_or_path={tiny_qwen3}"
     project = make_project(tmp_path_factory.mktemp("reference"))
@@ -99,7 +86,7 @@ def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
 def data(tokenizer):
     """60 rows of the bundled table, encoded: train 36, val 12, test 12 (the cache tests' splits)."""
     import pandas as pd
-    from test_split import ID2LABEL
+    from support.classifiers import ID2LABEL
 
     from toptune.config import DataConfig
     from toptune.data.table import prepare_table

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import torch
-from ddp_worker import ID2LABEL, splits
+from support.ddp_worker import ID2LABEL, splits
 
 from toptune.config import (
     ConfigError,

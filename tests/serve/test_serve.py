@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-from test_export import log_to_training_run, make_export, raw_rows
+from support.export import log_to_training_run, make_export, raw_rows
+from support.servers import free_port, stop_group, wait_answer
 
 from toptune.serve.predict import load_predictor, prepare_rows
-
-STARTUP_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -49,33 +38,6 @@ def assert_no_trace(body: dict, root: Path) -> None:
     text = json.dumps(body)
     assert "stack_trace" not in body and "Traceback" not in text and ".py" not in text, body
     assert str(root) not in text and "site-packages" not in text, body
-
-
-def stop_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM ``proc``'s process group (started with ``start_new_session``); SIGKILL after ``timeout`` s."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_answer(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    """Wait until ``url`` answers 200; fail with the tail of ``log`` when ``proc`` (``what``) exits or
-    ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"no answer on {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):

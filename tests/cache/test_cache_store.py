@@ -7,10 +7,7 @@ Tiny checkpoints and rows of the bundled table; small shards (16 KiB) so the spl
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import gc
 import json
 import os
 import pickle
@@ -24,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cache import config, stored_rows
-from test_split import classifier
+from support.cache import config, stored_rows
+from support.classifiers import classifier
 
 from toptune.cache import (
     CacheDiskFull,
@@ -268,50 +265,11 @@ def test_cpu_batches_load_in_the_callers_thread(data, fresh):
 # ---------------------------------------------------------------------------------------------------
 
 
-def rss_anon() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no RssAnon in /proc/self/status")
-
-
-def release_free_memory() -> None:
-    """Give freed heap memory back to the kernel (glibc keeps it, counted in RssAnon, for reuse), so a
-    measurement starts from the memory in use, not from what earlier tests left free."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-@contextlib.contextmanager
-def anon_growth():
-    """Yields a dict whose ``bytes`` is, on exit, the peak RssAnon above the value on entry (sampled every ms)."""
-    release_free_memory()
-    out, base, stop = {}, rss_anon(), threading.Event()
-    peak = [base]
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_anon())
-            stop.wait(0.001)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
-        yield out
-    finally:
-        stop.set()
-        t.join()
-        out["bytes"] = max(peak[0], rss_anon()) - base
-
-
 MEASURE_ROWS = """
 import json, sys
 import pandas as pd
-from test_cache import ROOT, config
-from test_cache_store import anon_growth
-from test_split import ID2LABEL, classifier
+from support.cache import ROOT, anon_growth, config
+from support.classifiers import ID2LABEL, classifier
 from toptune.cache import fit_cached, prepare_cache
 from toptune.config import DataConfig
 from toptune.data import Encoded, encode, prepare_table

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_split import (  # the tiny classifier with random adapter weights
+from support.cache import config, stored_rows
+from support.classifiers import (  # the tiny classifier with random adapter weights
     ID2LABEL,
     classifier,
 )
@@ -30,24 +31,11 @@ from toptune.cache import (
 )
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.batches import batch_indices, collate
-from toptune.data.tokens import Encoded
 from toptune.model.load import backbone
 from toptune.prefix.forward import run_prefix
 from toptune.train.recipe import build_classifier, fit, predict
 
-ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("model_weights", "first_trainable_block", "tokenizer", "max_length", "dtype", "data")
-
-
-def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:
-    """(Σ lengths, D): every stored state of split ``name``, example by example in split order."""
-    b = cache.split(name, enc).gather(np.arange(len(enc)))
-    return b["hidden"][b["attention_mask"].bool()]
-
-
-def config(tmp_path, **kw) -> TrainingConfig:
-    return TrainingConfig(**{"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-                             "cache_dir": str(tmp_path / "cache"), "progress": False, "log_every": 1, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------

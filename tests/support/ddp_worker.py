@@ -1,8 +1,8 @@
-"""Run by tests/test_ddp.py, alone and under ``torchrun``: train a tiny classifier in every live prefix
+"""Run by tests/train/test_ddp.py, alone and under ``torchrun``: train a tiny classifier in every live prefix
 mode through the library (``recipe.fit`` / ``recipe.predict``) and save what rank 0 ends with.
 
-    python tests/ddp_worker.py MODEL_DIR OUT_DIR
-    torchrun --nproc-per-node 2 tests/ddp_worker.py MODEL_DIR OUT_DIR
+    python tests/support/ddp_worker.py MODEL_DIR OUT_DIR
+    torchrun --nproc-per-node 2 tests/support/ddp_worker.py MODEL_DIR OUT_DIR
 
 57 training rows in global batches of 8: the last batch holds one row, so under two processes one of
 them has an empty share of it (it still takes part in the all-reduce).
@@ -24,7 +24,7 @@ from toptune.train import distributed
 from toptune.train.loop import seed_everything
 from toptune.train.recipe import build_classifier, fit, predict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 MODES = ("no_grad", "autograd")
 

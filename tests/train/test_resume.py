@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
-from kedro_proc import BIN, ENV, run
 from safetensors.numpy import load_file
+from support.kedro_proc import BIN, ENV, run
+from support.project import make_project
 
 from toptune.train.checkpoint.resume import CheckpointError, newest_first
 

@@ -18,9 +18,9 @@ from toptune.model.load import backbone, load_classifier
 from toptune.model.lora import (
     add_adapters,
     load_adapter,
-    trainable_blocks,
     lora_config,
     merge,
+    trainable_blocks,
 )
 from toptune.model.tiny import FAMILIES, TinyQwenSpec, build_random
 from toptune.prefix.forward import (

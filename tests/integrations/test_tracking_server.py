@@ -17,13 +17,13 @@ from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
-from test_pipeline import make_project, nested
-from test_serve import free_port, stop_group, wait_answer
+from support.project import make_project, nested
+from support.servers import free_port, stop_group, wait_answer
 
 from toptune.integrations import tracking
 from toptune.integrations.tracking import RUN_HTTP_LIMITS, TrackingServerError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mlflow_server.py"
 STARTUP_TIMEOUT_S = 180
 ADMIN = ("admin", "admin-pass-0123")

@@ -27,8 +27,8 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset
 from safetensors.torch import load_file, save_file
-from test_export import make_export, raw_rows
-from test_pipeline import make_project, run
+from support.export import make_export, raw_rows, use_store
+from support.project import make_project, nested, run
 
 from toptune.config import ConfigError, DataConfig, ModelConfig, from_dict
 from toptune.data.table import DataValidationError, prepare_table, split_table
@@ -47,7 +47,7 @@ from toptune.serve.predict import (
     request_params,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_column="sentiment", min_class_rows=3)
 
 
@@ -391,7 +391,6 @@ def test_debris_of_dead_processes_is_cleared(tmp_path):
 
 
 def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
-    from test_export import use_store
 
     from toptune.io.debris import hostname
 
@@ -531,7 +530,6 @@ def run_env(project: Path, params: dict, env: str):
     """``run`` in Kedro environment ``env``."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-    from test_pipeline import nested
 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=nested(params)) as session:

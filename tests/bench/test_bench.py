@@ -29,7 +29,7 @@ from toptune.bench.hf import hf_model
 from toptune.bench.rss import RssSampler, rss_anon_bytes
 from toptune.bench.runs import _classifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 2 ** 20
 
 

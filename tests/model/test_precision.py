@@ -9,7 +9,7 @@ step is 7.8e-3, so a path that diverged anywhere in the blocks would show).
 from __future__ import annotations
 
 import torch
-from test_split import ID2LABEL, batch, classifier
+from support.classifiers import ID2LABEL, batch, classifier
 
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.tokens import Encoded

@@ -1,7 +1,7 @@
 """Several processes through torchrun, started the way a user starts them (gloo, 2 CPU processes,
 OMP_NUM_THREADS=1), against one process with the same global batch.
 
-- the library in the live prefix modes (``tests/ddp_worker.py`` under ``torchrun``): the same losses
+- the library in the live prefix modes (``tests/support/ddp_worker.py`` under ``torchrun``): the same losses
   (rtol 1e-4), adapter (atol 1e-5) and test logits, with a process holding an empty share of the last batch;
 - ``torchrun --nproc-per-node 2 .venv/bin/kedro run`` in cache mode: the same loss trajectory and
   adapter, the same test metrics, exactly one MLflow run, and every file written by rank 0 only, once,
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import make_project
-from kedro_proc import BIN, run, torchrun
 from safetensors.numpy import load_file
+from support.kedro_proc import BIN, run, torchrun
+from support.project import make_project
 
-HERE = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    worker = str(HERE / "ddp_worker.py")
+    worker = str(SUPPORT / "ddp_worker.py")
     run([sys.executable, worker, str(tiny_qwen3), str(one)], tmp_path)
     run(torchrun(worker, str(tiny_qwen3), str(two)), tmp_path)
     for mode in ("no_grad", "autograd"):

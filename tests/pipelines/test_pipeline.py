@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import make_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from support.project import make_project, run
 
 QUICK = {"data.sample_rows": 240, "training.epochs": 1, "training.progress": False}
-
-
-def nested(params: dict) -> dict:
-    """``{"training.epochs": 1}`` → ``{"training": {"epochs": 1}}``, as ``kedro run --params`` does."""
-    out: dict = {}
-    for key, value in params.items():
-        group, name = key.split(".", 1)
-        out.setdefault(group, {})[name] = value
-    return out
-
-
-def run(project: Path, params: dict, pipeline: str | None = None):
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=nested(params)) as session:
-        out = session.run(pipeline_name=pipeline)
-    # kedro-mlflow closes its run; nothing may stay on MLflow's stack in a long-lived process.
-    assert mlflow.active_run() is None, f"kedro run --pipeline {pipeline or '__default__'} left an MLflow run active"
-    return out
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Kedro and torchrun in subprocesses, as a user runs them (tests/test_ddp.py, tests/test_resume.py)."""
+"""Kedro and torchrun in subprocesses, as a user runs them (tests/train/test_ddp.py, tests/train/test_resume.py)."""
 
 from __future__ import annotations
 
