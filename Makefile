@@ -19,7 +19,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: run test bench bench-scale venv data clean mlflow-server
+.PHONY: run test lint bench bench-scale venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -34,6 +34,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# `make lint`: ruff's rules and format check on the code, mypy on the library (settings in pyproject.toml);
+# .ci/run runs it before the tests. `.venv/bin/pre-commit install` runs the same checks before each
+# commit (.pre-commit-config.yaml, local hooks only: nothing is downloaded).
+LINT_PATHS := src tests scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy src/toptune
 
 bench: $(STAMP)
 	$(PY) -m toptune.integrations.bench
