@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from peft import PeftModel
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
@@ -22,6 +24,20 @@ from toptune.model import families
 log = logging.getLogger(__name__)
 
 families.register()
+
+if TYPE_CHECKING:
+
+    class Decoder(PreTrainedModel):
+        """What toptune reads of a decoder stack (``Qwen2Model``, ``Qwen3Model``, …, every family's):
+        torch types a submodule read by name as ``Tensor | Module``, so the names are declared here."""
+
+        embed_tokens: nn.Embedding
+        layers: nn.ModuleList
+        norm: nn.Module
+        rotary_emb: nn.Module
+
+else:
+    Decoder = PreTrainedModel
 
 LINEAR_ATTENTION_KERNELS = ("fla", "causal_conv1d")
 """Modules of the CUDA kernels Gated DeltaNet blocks use (PyPI: flash-linear-attention, causal-conv1d)."""
@@ -84,13 +100,21 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return backbone(model).layers
 
 
-def backbone(model: nn.Module) -> nn.Module:
-    """The decoder (embeddings, blocks, norm, rotary) inside a classifier or PEFT model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+def _classifier(model: nn.Module) -> PreTrainedModel:
+    """The transformers classifier itself, inside a PEFT model or not."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    assert isinstance(base, PreTrainedModel), type(base)
+    return base
+
+
+def backbone(model: nn.Module) -> Decoder:
+    """The decoder (embeddings, blocks, norm, rotary: a ``Qwen2Model``, ``Qwen3Model``, …) inside a classifier
+    or PEFT model."""
+    return _classifier(model).model
 
 
 def score_head(model: nn.Module) -> nn.Module:
     """The classification head (a PEFT ``ModulesToSaveWrapper`` around ``score`` when wrapped)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.score
+    head = _classifier(model).score
+    assert isinstance(head, nn.Module)
+    return head

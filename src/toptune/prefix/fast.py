@@ -15,17 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers.masking_utils import (
     create_causal_mask,
     create_sliding_window_causal_mask,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3Attention,
+    Qwen3DecoderLayer,
     eager_attention_forward,
     rotate_half,
 )
 
+from toptune.model.load import Decoder
 from toptune.prefix.kernels import lora_linear, mlp, rms_norm
 
 FAST_MODEL_TYPES = ("qwen2", "qwen3")
@@ -43,7 +47,14 @@ class BlockInputs:
     """(1, T) positions 0 … T-1, as the stock forward uses."""
 
 
-def block_inputs(inner: nn.Module, hidden: Tensor, attention_mask: Tensor | None) -> BlockInputs:
+def _block(inner: Decoder, index: int) -> Qwen2DecoderLayer | Qwen3DecoderLayer:
+    """Decoder block ``index``: a Qwen2 or Qwen3 dense block, the two that :func:`fast_supported` lets in."""
+    layer = inner.layers[index]
+    assert isinstance(layer, (Qwen2DecoderLayer, Qwen3DecoderLayer)), type(layer)
+    return layer
+
+
+def block_inputs(inner: Decoder, hidden: Tensor, attention_mask: Tensor | None) -> BlockInputs:
     """Masks and rotary embeddings for hidden states ``hidden`` (B, T, D), as ``Qwen{2,3}Model`` builds them."""
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
     kwargs = dict(config=inner.config, inputs_embeds=hidden, attention_mask=attention_mask,
@@ -54,7 +65,7 @@ def block_inputs(inner: nn.Module, hidden: Tensor, attention_mask: Tensor | None
     return BlockInputs(masks, inner.rotary_emb(hidden, position_ids), position_ids)
 
 
-def last_block_at(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, pooled: Tensor, index: int) -> Tensor:
+def last_block_at(inner: Decoder, hidden: Tensor, inputs: BlockInputs, pooled: Tensor, index: int) -> Tensor:
     """Output (B, D) of decoder block ``index`` at the pooled token only, from its input ``hidden`` (B, T, D).
 
     Nothing after the last attention mixes tokens, so for the last block only the pooled token's row
@@ -63,7 +74,7 @@ def last_block_at(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, pooled:
     submodules, LoRA included; the same mask row, rotary angles and attention function), at about
     a third of the block's work. Tests hold it to the full block.
     """
-    layer = inner.layers[index]
+    layer = _block(inner, index)
     attn = layer.self_attn
     b, t, _ = hidden.shape
     rows = torch.arange(b, device=hidden.device)
@@ -72,7 +83,7 @@ def last_block_at(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, pooled:
     hd = attn.head_dim
     q = lora_linear(attn.q_proj, xq).view(b, 1, -1, hd)  # (B, 1, H, hd)
     k = lora_linear(attn.k_proj, x).view(b, t, -1, hd)  # (B, T, Hkv, hd)
-    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head on q and k
+    if isinstance(attn, Qwen3Attention):  # Qwen3: RMSNorm per head on q and k
         q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, hd), (B, Hkv, T, hd)
     v = lora_linear(attn.v_proj, x).view(b, t, -1, hd).transpose(1, 2)  # (B, Hkv, T, hd)
@@ -98,16 +109,16 @@ def last_block_at(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, pooled:
     return h + mlp(layer.mlp, y)  # (B, D)
 
 
-def fast_supported(inner: nn.Module) -> bool:
+def fast_supported(inner: Decoder) -> bool:
     """Qwen2 / Qwen3 dense blocks under the attention functions whose (B, 1, T, T) masks ``block_inputs``
     builds (``sdpa``, ``eager``); every other family, and flash / flex attention, take the stock view."""
     return (inner.config.model_type in FAST_MODEL_TYPES
             and getattr(inner.config, "_attn_implementation", "sdpa") in ("sdpa", "eager"))
 
 
-def fused_block(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, index: int) -> Tensor:
+def fused_block(inner: Decoder, hidden: Tensor, inputs: BlockInputs, index: int) -> Tensor:
     """Decoder block ``index`` on ``hidden`` (B, T, D), as ``Qwen{2,3}DecoderLayer.forward`` computes it."""
-    layer = inner.layers[index]
+    layer = _block(inner, index)
     attn = layer.self_attn
     b, t, _ = hidden.shape
     hd = attn.head_dim
@@ -115,7 +126,7 @@ def fused_block(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, index: in
     q = lora_linear(attn.q_proj, x).view(b, t, -1, hd)  # (B, T, H, hd)
     k = lora_linear(attn.k_proj, x).view(b, t, -1, hd)  # (B, T, Hkv, hd)
     v = lora_linear(attn.v_proj, x).view(b, t, -1, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-    if hasattr(attn, "q_norm"):
+    if isinstance(attn, Qwen3Attention):
         q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
     cos, sin = (e.unsqueeze(1) for e in inputs.position_embeddings)  # (1, 1, T, hd)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
@@ -129,7 +140,7 @@ def fused_block(inner: nn.Module, hidden: Tensor, inputs: BlockInputs, index: in
     return h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
 
 
-def run_top_fast(inner: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int) -> Tensor:
+def run_top_fast(inner: Decoder, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int) -> Tensor:
     """Final-normed hidden state (B, D) at the pooled tokens, from the state ``hidden`` (B, T, D) entering
     block ``first_trainable_block``: blocks fused, the last one at the pooled token only."""
     inputs = block_inputs(inner, hidden, attention_mask)

@@ -11,7 +11,10 @@ module call. Tests hold it to the module.
 from __future__ import annotations
 
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor, nn
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
+from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
 
 def _call(module: nn.Module, x: Tensor) -> Tensor:
@@ -43,9 +46,9 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None
 
 
-def _lora_parts(module: nn.Module):
+def _lora_parts(module: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor, float] | None:
     """(W, b, A, B, scale) of a PEFT LoRA ``Linear`` with one plain active adapter; None otherwise."""
-    if not hasattr(module, "lora_A") or not hasattr(module, "base_layer"):
+    if not isinstance(module, LoraLinear):
         return None
     active = module.active_adapters
     if module.disable_adapters or module.merged or len(active) != 1:
@@ -57,7 +60,9 @@ def _lora_parts(module: nn.Module):
     if module.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 0) > 0:
         return None
     base, a, b = module.base_layer, module.lora_A[name], module.lora_B[name]
-    if not isinstance(base, nn.Linear) or base.weight.requires_grad or getattr(b, "bias", None) is not None:
+    if not (isinstance(base, nn.Linear) and isinstance(a, nn.Linear) and isinstance(b, nn.Linear)):
+        return None
+    if base.weight.requires_grad or b.bias is not None:
         return None
     if base.bias is not None and base.bias.requires_grad:  # a trained bias needs its own gradient
         return None
@@ -81,11 +86,12 @@ def lora_linear(module: nn.Module, x: Tensor) -> Tensor:
 def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
     """A Qwen RMSNorm (``weight``, ``variance_epsilon``) as torch's fused ``rms_norm`` (float32 in, as
     the module computes it)."""
-    if x.dtype != torch.float32 or not hasattr(norm, "variance_epsilon"):
+    eps = getattr(norm, "variance_epsilon", None)
+    if x.dtype != torch.float32 or eps is None:
         return norm(x)
-    return nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+    return nn.functional.rms_norm(x, (x.shape[-1],), getattr(norm, "weight", None), eps)
 
 
-def mlp(module: nn.Module, y: Tensor) -> Tensor:
+def mlp(module: Qwen2MLP | Qwen3MLP, y: Tensor) -> Tensor:
     """A gated MLP ``down(act(gate(y)) · up(y))`` with each projection through :func:`lora_linear`."""
     return lora_linear(module.down_proj, module.act_fn(lora_linear(module.gate_proj, y)) * lora_linear(module.up_proj, y))
