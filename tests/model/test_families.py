@@ -1,4 +1,4 @@
-"""Every open Qwen text family: the split equals the stock forward, LoRA sits on the top blocks only (also
+"""Every open Qwen text family: the forward split equals the stock forward, LoRA sits on the top blocks only (also
 after save and load), the cache path equals the live one, the prefix saves nothing, merging keeps logits.
 
 Each family's tiny checkpoint is written in its hub layout (Qwen3.5: the vision + language model) and
@@ -30,7 +30,7 @@ from toptune.prefix.forward import (
     run_top,
     stock_logits,
 )
-from toptune.prefix.selfcheck import SplitMismatch, split_check
+from toptune.prefix.selfcheck import ForwardSplitMismatch, check_forward_split
 
 PAD = 3
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
@@ -79,7 +79,7 @@ def logits_and_grads(model, mode: str, side: str):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_split_equals_stock_logits_and_gradients(checkpoint, side):
+def test_forward_split_equals_stock_logits_and_gradients(checkpoint, side):
     model_type, path = checkpoint
     model = classifier(path, experts=model_type in MOE).train()
     stock, stock_grads = logits_and_grads(model, "autograd", side)
@@ -176,19 +176,19 @@ def test_merged_model_keeps_logits(checkpoint):
         torch.testing.assert_close(stock_logits(merged, ids, mask), before, atol=1e-5, rtol=0)
 
 
-def test_split_check_passes_and_catches_a_wrong_split(checkpoint):
+def test_forward_split_check_passes_and_catches_a_wrong_split(checkpoint):
     model_type, path = checkpoint
     model = classifier(path)
     ids, mask, _ = batch()
-    check = split_check(model, ids, mask, min(TOP))
+    check = check_forward_split(model, ids, mask, min(TOP))
     assert check.max_abs_logit_diff <= 1e-6 and check.rows == 4 and check.model_type.startswith(model_type)
-    # A prefix view that also applied the final norm would be a wrong split: the check must say so.
+    # A prefix view that also applied the final norm would be a wrong forward split: the check must say so.
     from toptune.prefix import views
 
     inner = backbone(model)
     inner.__dict__[views._VIEWS][(0, min(TOP), False)] = views.block_view(inner, 0, min(TOP), final_norm=True)
-    with pytest.raises(SplitMismatch, match=model_type):
-        split_check(model, ids, mask, min(TOP))
+    with pytest.raises(ForwardSplitMismatch, match=model_type):
+        check_forward_split(model, ids, mask, min(TOP))
 
 
 def test_unknown_lora_target_is_a_config_error_naming_it(tmp_path):

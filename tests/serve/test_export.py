@@ -1,4 +1,4 @@
-"""Export and predict: the merged checkpoint equals the adapter, loads without PEFT, and the MLflow
+"""Export and predict: the merged model equals the adapter, loads without PEFT, and the MLflow
 pyfunc model, the library and the ``predict`` node give the same predictions."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_merged_logits_equal_adapter_logits(exported, tiny_qwen3):
     assert not any("lora" in k or "modules_to_save" in k for k in merged)
 
 
-def test_merged_checkpoint_loads_without_peft(exported, tiny_qwen3, tmp_path):
+def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
     peft_model, tok = load_trained(tiny_qwen3, exported["adapter"], ID2LABEL)
     expected = logits_of(peft_model, real_input_ids(tok, 8), tok.pad_token_id, batch_size=8)
     code = textwrap.dedent(f"""

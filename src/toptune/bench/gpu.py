@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import AutoModelForCausalLM
 
 from toptune.bench.config import (
     BenchConfig,
@@ -28,14 +29,12 @@ from toptune.bench.report import speedups
 from toptune.bench.runs import run_all, warm_up
 from toptune.model.tiny import TinyQwenSpec, tiny_config
 from toptune.model.tokenizer import ensure_qwen_tokenizer
-from toptune.train.loop import resolve_device
+from toptune.train.device import resolve_device
 
 
 def ensure_gpu_model(model_dir: str | Path, spec: dict, device: str) -> Path:
     """Write the random-weight checkpoint of shape ``spec`` once, in bf16, initialised on ``device``
     (Qwen3-4B: ~8 GB, seconds on a GPU). A marker written last names the spec of a complete checkpoint."""
-    from transformers import AutoModelForCausalLM
-
     out, tiny = Path(model_dir), TinyQwenSpec(**spec)
     marker = out / "toptune_spec.json"
     if marker.is_file() and json.loads(marker.read_text()) == {**tiny.__dict__, "dtype": "bfloat16"}:

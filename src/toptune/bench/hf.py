@@ -1,5 +1,5 @@
 """The Hugging Face baseline: ``Trainer`` + PEFT, set up as a Hugging Face user would, timed by
-:class:`toptune.bench.runs.timed` like every other run."""
+:class:`toptune.bench.timing.timed` like every other run."""
 
 from __future__ import annotations
 
@@ -9,46 +9,43 @@ import tempfile
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from toptune.bench.config import BenchConfig, Setup
-from toptune.bench.runs import result_row, timed
+from toptune.bench.timing import result_row, timed
 from toptune.data.tokens import Encoded
-from toptune.train.loop import seed_everything
+from toptune.model.lora import target_modules
 
 
 def hf_model(setup: Setup, bc: BenchConfig):
     """The classifier as a Hugging Face user builds it: ``from_pretrained`` + ``get_peft_model`` with
     ``layers_to_transform`` on the top K blocks, seeded as toptune's ``build_classifier`` is (a test
     checks that the score head and LoRA weights start equal)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    from toptune.model.lora import target_modules
-
-    seed_everything(bc.training.seed)
+    set_seed(bc.training.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         setup.model_path, num_labels=len(setup.id2label), id2label=setup.id2label,
         label2id={v: k for k, v in setup.id2label.items()}, pad_token_id=setup.tokenizer.pad_token_id,
         dtype=torch.bfloat16 if setup.model_cfg.dtype == "bfloat16" else torch.float32)
     model.config.pad_token_id = setup.tokenizer.pad_token_id
     n = model.config.num_hidden_layers
-    top = list(range(n - bc.trainable_layers, n))
+    trainable_blocks = list(range(n - bc.trainable_layers, n))
     # The projections toptune adapts, named the way a user names them: leaf names + layers_to_transform.
-    leaves = sorted({name.rpartition(".")[2] for name in target_modules(model, top, setup.lora)})
+    leaves = sorted({name.rpartition(".")[2] for name in target_modules(model, trainable_blocks, setup.lora)})
     lora = setup.lora
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=leaves,
-                                            layers_to_transform=top, layers_pattern="layers", task_type="SEQ_CLS")).to(setup.device)
+                                            layers_to_transform=trainable_blocks, layers_pattern="layers", task_type="SEQ_CLS")).to(setup.device)
 
 
 def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict:
     """``Trainer`` + PEFT as a user sets it up: ``DataCollatorWithPadding``, evaluation each epoch."""
-    from transformers import (
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
     tc, data, dev = bc.training, setup.data, setup.device
     model = hf_model(setup, bc)
 

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 
 import torch
+import transformers
 
 from toptune.bench.config import (
     RUNS,
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     bc, g = BenchConfig(), GpuBenchConfig()
     p = argparse.ArgumentParser(prog="toptune.integrations.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=bc.num_layers, help="blocks of the tiny Qwen3")
-    p.add_argument("--k", type=int, default=bc.trainable_layers, help="trainable top blocks")
+    p.add_argument("--trainable-layers", type=int, default=bc.trainable_layers, help="trainable top blocks (K)")
     p.add_argument("--epochs", type=int, default=bc.training.epochs)
     p.add_argument("--batch-size", type=int, default=bc.training.batch_size)
     p.add_argument("--max-length", type=int, default=bc.training.max_length)
@@ -72,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
                                    lr=a.lr, seed=a.seed, device=a.device)
     gpu = dataclasses.replace(g, enabled=not a.no_gpu_model, rows=a.gpu_rows, max_length=a.gpu_max_length,
                               runs=tuple(r for r in a.gpu_runs.split(",") if r))
-    bc = dataclasses.replace(bc, num_layers=a.layers, trainable_layers=a.k, training=training, sample_rows=a.sample_rows,
-                             runs=tuple(r for r in a.runs.split(",") if r), out_dir=a.out_dir, warm_up=not a.no_warm_up,
-                             gpu=gpu)
+    bc = dataclasses.replace(bc, num_layers=a.layers, trainable_layers=a.trainable_layers, training=training,
+                             sample_rows=a.sample_rows, runs=tuple(r for r in a.runs.split(",") if r), out_dir=a.out_dir,
+                             warm_up=not a.no_warm_up, gpu=gpu)
     return bc, not a.gpu_only
 
 
@@ -82,8 +83,6 @@ def quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("transformers", "peft", "datasets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import transformers
-
     transformers.logging.set_verbosity_error()
 
 

@@ -6,6 +6,11 @@ import json
 import statistics
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the chart is written to a file, never shown
+
+import matplotlib.pyplot as plt
 import numpy as np
 
 BASELINES = ("hf_trainer", "hf_trainer_group_by_length", "autograd", "no_grad")
@@ -78,11 +83,6 @@ def format_table(result: dict) -> str:
 
 def chart(result: dict, path: str | Path) -> Path:
     """Bar chart of end-to-end train seconds per run (the cache's build stacked), test accuracy on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     benches = parts(result)
     fig, axes = plt.subplots(1, len(benches), figsize=(8 * len(benches), 4.5), squeeze=False)
     for ax, (title, part) in zip(axes[0], benches):

@@ -1,4 +1,4 @@
-"""The bench's runs: one model, one data set, one recipe, each run timed by the same :class:`timed`.
+"""The bench's runs: one model, one data set, one recipe, each run timed by the same :class:`toptune.bench.timing.timed`.
 
     hf_trainer                  (:mod:`toptune.bench.hf`) Trainer + PEFT ``layers_to_transform`` + ``DataCollatorWithPadding``
     hf_trainer_group_by_length  the same with ``train_sampling_strategy="group_by_length"``
@@ -15,17 +15,17 @@ are the training passes alone. The test split is predicted after the clock stops
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import logging
 import shutil
-import time
 
 import torch
 from torch import nn
+from transformers import set_seed
 
 from toptune.bench.config import RUNS, BenchConfig, Setup
+from toptune.bench.hf import run_hf_trainer
+from toptune.bench.timing import peak_from_first_call, result_row, timed
 from toptune.cache import (
     bucketing_padding,
     cached_logits,
@@ -36,83 +36,17 @@ from toptune.cache import (
     prefix_offloaded,
     prepare_cache,
 )
+from toptune.config import PrefixMode
 from toptune.data.tokens import Encoded
 from toptune.model.load import score_head
+from toptune.train.device import autocast
 from toptune.train.loop import (
-    autocast,
     fused_adamw_ok,
-    seed_everything,
     trainable_parameters,
 )
 from toptune.train.recipe import build_classifier, fit, predict
 
 log = logging.getLogger(__name__)
-
-
-class timed:
-    """Wall seconds of a block, the device synchronised at both ends, and on CUDA the peak device memory
-    allocated inside it (``torch.cuda.max_memory_allocated`` after a reset at entry)."""
-
-    def __init__(self, device: torch.device, peak: bool = True):
-        self.device, self.peak = device, peak and device.type == "cuda"
-        self.seconds = 0.0
-        self.peak_device_bytes: int | None = None
-
-    def __enter__(self) -> timed:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            if self.peak:
-                gc.collect()  # earlier runs' models (reference cycles) must not count in this run's peak
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(self.device)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds = time.perf_counter() - self.t0
-        if self.peak:
-            self.peak_device_bytes = int(torch.cuda.max_memory_allocated(self.device))
-
-
-@contextlib.contextmanager
-def peak_from_first_call(module: nn.Module, device: torch.device):
-    """``{"bytes": …}``: peak device memory from the first call of ``module`` on (CUDA; None elsewhere).
-
-    ``fit_cached`` moves the prefix weights back onto the device before it returns, so a peak read
-    after it would count them. Read at each call of the score head instead (every training and
-    validation batch; the last validation batch comes after the last optimiser step), it is the
-    cached epochs' own peak."""
-    box: dict[str, int | None] = {"bytes": None}
-
-    def hook(mod, args):
-        if box["bytes"] is None:
-            torch.cuda.reset_peak_memory_stats(device)  # the prefix is off the device by now
-            box["bytes"] = int(torch.cuda.memory_allocated(device))
-        else:
-            box["bytes"] = max(box["bytes"], int(torch.cuda.max_memory_allocated(device)))
-
-    handle = module.register_forward_pre_hook(hook) if device.type == "cuda" else None
-    try:
-        yield box
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-def result_row(setup: Setup, bc: BenchConfig, t: timed, epoch_seconds: list[float], test_accuracy: float | None,
-               **extra) -> dict:
-    """One run's figures: ``train_seconds`` and peak device memory from ``t``, examples/s over every epoch."""
-    n = len(setup.data["train"])
-    row = {"train_seconds": t.seconds, "epoch_seconds": epoch_seconds,
-           "examples_per_second": n * bc.training.epochs / t.seconds if t.seconds > 0 else None}
-    if test_accuracy is not None:
-        row["test_accuracy"] = test_accuracy
-    if t.peak_device_bytes is not None:
-        row["peak_device_memory_bytes"] = t.peak_device_bytes
-    row.update(extra)
-    return row
 
 
 def _padding(setup: Setup, bc: BenchConfig) -> dict[str, float]:
@@ -121,12 +55,12 @@ def _padding(setup: Setup, bc: BenchConfig) -> dict[str, float]:
 
 
 def _classifier(setup: Setup, bc: BenchConfig):
-    seed_everything(bc.training.seed)
+    set_seed(bc.training.seed)
     return build_classifier(setup.model_cfg, setup.lora, setup.id2label, bc.training.seed, bc.training.device,
                             tokenizer=setup.tokenizer)
 
 
-def run_toptune(setup: Setup, bc: BenchConfig, mode: str) -> dict:
+def run_toptune(setup: Setup, bc: BenchConfig, mode: PrefixMode) -> dict:
     """toptune's ``recipe.fit`` in a live prefix mode (``autograd`` / ``no_grad``)."""
     clf = _classifier(setup, bc)
     with timed(setup.device) as t:
@@ -200,10 +134,6 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
 
 def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict[str, dict]:
     """Every run in ``runs``, in order (``floor`` needs ``cache`` before it)."""
-    from toptune.bench.hf import (
-        run_hf_trainer,  # imports transformers' Trainer only when it runs
-    )
-
     fns = {"hf_trainer": lambda: run_hf_trainer(setup, bc, False),
            "hf_trainer_group_by_length": lambda: run_hf_trainer(setup, bc, True),
            "autograd": lambda: run_toptune(setup, bc, "autograd"),

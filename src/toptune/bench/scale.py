@@ -28,8 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
+from transformers import set_seed
 
-from toptune.bench.config import BENCH_SPEC, bench_training
+from toptune.bench.config import BENCH_SPEC, bench_training, device_name
+from toptune.bench.rss import RssSampler
+from toptune.bench.timing import timed
+from toptune.cache import fit_cached, prepare_cache
+from toptune.config import DataConfig, LoraSettings, ModelConfig
+from toptune.data.table import label_map, prepare_table, split_table
+from toptune.data.tokens import encode_splits
+from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
+from toptune.model.tokenizer import load_tokenizer
+from toptune.train.recipe import build_classifier
 
 SCALE_JSON = "bench_scale.json"
 
@@ -79,19 +90,6 @@ def repeated_table(raw: pd.DataFrame, base_rows: int, multiple: int) -> pd.DataF
 
 def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     """One point, in this process: tokenise, build the cache, train one epoch; the figures as a flat dict."""
-    import torch
-
-    from toptune.bench.config import device_name
-    from toptune.bench.rss import RssSampler
-    from toptune.bench.runs import timed
-    from toptune.cache import fit_cached, prepare_cache
-    from toptune.config import DataConfig, LoraSettings, ModelConfig
-    from toptune.data.table import label_map, prepare_table, split_table
-    from toptune.data.tokens import encode_splits
-    from toptune.model.tokenizer import load_tokenizer
-    from toptune.train.loop import seed_everything
-    from toptune.train.recipe import build_classifier
-
     cfg = dataclasses.replace(bench_training(), **sc.training)
     cfg = dataclasses.replace(cfg, cache_dir=f"{cfg.cache_dir}/{shape.num_layers}l-x{multiple}")
     path = model_dir(sc, shape.num_layers)
@@ -102,7 +100,7 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     data = encode_splits(split_table(table, DataConfig(), cfg.seed), tok, cfg.max_length, id2label)
     rows = len(table)
     del table
-    seed_everything(cfg.seed)
+    set_seed(cfg.seed)
     clf = build_classifier(ModelConfig(name_or_path=path, trainable_layers=shape.trainable_layers),
                            LoraSettings(alpha=64), id2label, cfg.seed, cfg.device, tokenizer=tok)
     shutil.rmtree(cfg.cache_dir, ignore_errors=True)
@@ -162,8 +160,6 @@ def config_from_dict(d: dict) -> ScaleConfig:
 
 def run_scale(sc: ScaleConfig, log=print) -> dict:
     """Every point of every shape, each in its own process, smallest first; writes ``bench_scale.json``."""
-    from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
-
     runs = []
     for shape in sc.shapes:
         ensure_tiny_qwen(model_dir(sc, shape.num_layers), TinyQwenSpec(num_layers=shape.num_layers, **sc.spec))

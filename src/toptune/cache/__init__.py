@@ -1,7 +1,7 @@
 """Prefix cache: the frozen prefix's output, computed once, streamed to disk, read through memory maps.
 
 With the prefix frozen and deterministic (eval mode, no dropout), the hidden states entering block
-``first`` never change for a given example, so ``training.prefix_mode: cache`` computes them once
+``first_trainable_block`` never change for a given example, so ``training.prefix_mode: cache`` computes them once
 over every split and trains the top K blocks on batches re-padded from the store. Stored per
 example: the *unpadded* hidden states (length, D). Under right padding a real token never attends
 to a padding token, so its state does not depend on the batch it was computed in, and re-padding
@@ -12,13 +12,12 @@ Along the data's way:
     fingerprint.py   what the stored values depend on (a cache is used only for an equal fingerprint)
     plan.py          the build as independent shard jobs (split, shard → examples, in build order)
     build.py         run the prefix per job, stream each batch to its shard; resume; manifest last
-    atomic.py        files written whole or not at all (temp name, fsync, rename)
     store.py         the layout on disk: receipts, clean-up, manifest, validation
     read.py          a complete cache: manifest, memory-mapped shards, one split at a time
     batches.py       batch order (live order or length-bucketed), gather, prefetch thread
     fit.py           train and predict on the cache
     auto.py          ``prefix_mode: auto``: does the cache pay on this machine?
-    forward.py       the one place the cache calls the model split
+    forward.py       the one place the cache calls the forward split
 """
 
 from toptune.cache.auto import PrefixModeChoice, choose_prefix_mode, resolve_prefix_mode

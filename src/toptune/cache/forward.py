@@ -1,4 +1,4 @@
-"""The one place the cache reaches into the model split: the prefix that fills the cache, the
+"""The one place the cache reaches into the forward split: the prefix that fills the cache, the
 pooling rule it stores, and the top blocks that train on it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from toptune.prefix.forward import pool_index, run_prefix, run_top
-from toptune.train.loop import LogitsFn
+from toptune.train.batches import LogitsFn
 
 __all__ = ["cached_logits", "pool_index", "run_prefix"]
 

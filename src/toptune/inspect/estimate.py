@@ -90,18 +90,18 @@ def block_saved_bytes(s: BlockShape, query_tokens: int | None = None, input_requ
     return int(total)
 
 
-def estimate_top_k(s: BlockShape, k: int, pooled_last_block: bool) -> int:
-    """Expected saved bytes of the top K blocks when they are fed a plain tensor (no_grad prefix or
-    cache): the first of them keeps no input, the last one works on the pooled rows only when
+def estimate_top_k(s: BlockShape, num_trainable: int, pooled_last_block: bool) -> int:
+    """Expected saved bytes of the top ``num_trainable`` blocks (K) when they are fed a plain tensor (no_grad
+    prefix or cache): the lowest of them keeps no input, the last one works on the pooled rows only when
     ``pooled_last_block`` (the cache's path); rotary cos/sin (2·T·hd, fp32) are kept once, shared."""
-    if k <= 0:
+    if num_trainable <= 0:
         return 0
     rope = 2 * s.length * s.head_dim * 4
-    if k == 1:
+    if num_trainable == 1:
         return rope + block_saved_bytes(s, 1 if pooled_last_block else None, input_requires_grad=False)
-    first = block_saved_bytes(s, input_requires_grad=False)
+    lowest = block_saved_bytes(s, input_requires_grad=False)
     last = block_saved_bytes(s, 1 if pooled_last_block else None)
-    return rope + first + (k - 2) * block_saved_bytes(s) + last
+    return rope + lowest + (num_trainable - 2) * block_saved_bytes(s) + last
 
 
 ESTIMATE_COVERS = ("qwen2", "qwen3")
@@ -128,15 +128,14 @@ def estimate_report(report: dict, shape: BlockShape | None) -> dict:
     the estimate does not cover, the reason only."""
     if shape is None:
         return {"covers": COVERAGE, "skipped": f"{report['model']['model_type']} blocks are not modelled"}
-    k = len(report["model"]["trainable_layers"])
-    top = [f"layer.{i}" for i in report["model"]["trainable_layers"]]
-    out: dict = {"covers": COVERAGE, "shape": dataclasses.asdict(shape), "blocks": top}
+    trainable = [f"layer.{i}" for i in report["model"]["trainable_layers"]]
+    out: dict = {"covers": COVERAGE, "shape": dataclasses.asdict(shape), "blocks": trainable}
     # no_grad runs the last block over every token; the cache runs it at the pooled rows only.
     for mode, pooled in (("topk_no_grad", False), ("topk_cached", True)):
         m = report["modes"].get(mode, {})
         if "saved_bytes_by_block" in m:
-            expected = estimate_top_k(shape, k, pooled_last_block=pooled)
-            measured = sum(m["saved_bytes_by_block"].get(b, 0) for b in top)
+            expected = estimate_top_k(shape, len(trainable), pooled_last_block=pooled)
+            measured = sum(m["saved_bytes_by_block"].get(b, 0) for b in trainable)
             out[mode] = {"top_k_expected_bytes": expected, "top_k_measured_bytes": measured,
                          "measured_over_estimated": measured / expected, "pooled_last_block": pooled}
     return out

@@ -62,7 +62,7 @@ def saved_bytes_figure(report: dict) -> Figure:
     top-K blocks / the rest, with the analytic estimate of the top K where there is one."""
     modes = _measured(report)
     blocks = block_keys(report["model"]["num_layers"])
-    first = report["model"]["first_trainable_block"]
+    first_trainable_block = report["model"]["first_trainable_block"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(10, 0.8 * len(blocks) + 5), 5.0),
                                   gridspec_kw={"width_ratios": [max(3, len(blocks) / 3), 1.6]})
     width = 0.8 / max(len(modes), 1)
@@ -70,15 +70,15 @@ def saved_bytes_figure(report: dict) -> Figure:
         ax.bar([j + i * width for j in range(len(blocks))], [mib(m["saved_bytes_by_block"].get(b, 0)) for b in blocks],
                width, label=name, color=f"C{i}")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(blocks))], blocks, rotation=45, ha="right")
-    if first > 0:
-        ax.axvspan(0.6, first + 0.6, color="grey", alpha=0.12, label="frozen prefix")
+    if first_trainable_block > 0:
+        ax.axvspan(0.6, first_trainable_block + 0.6, color="grey", alpha=0.12, label="frozen prefix")
     ax.set_ylabel("MiB saved for backward")
     ax.set_title(f"per block (batch {report['batch']['batch_size']}×{report['batch']['length']} tokens)", fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
-    prefix, top = set(prefix_keys(report)), {f"layer.{i}" for i in report["model"]["trainable_layers"]}
+    prefix, trainable = set(prefix_keys(report)), {f"layer.{i}" for i in report["model"]["trainable_layers"]}
     names = list(modes)
-    parts = {"frozen prefix": lambda b: b in prefix, "top-K blocks": lambda b: b in top,
-             "embed / other blocks / norm / score": lambda b: b not in prefix and b not in top}
+    parts = {"frozen prefix": lambda b: b in prefix, "top-K blocks": lambda b: b in trainable,
+             "embed / other blocks / norm / score": lambda b: b not in prefix and b not in trainable}
     bottom = np.zeros(len(names))
     for (label, pick), color in zip(parts.items(), ("#9e9e9e", "#1f77b4", "#ffbb78")):
         vals = np.array([mib(sum(v for b, v in modes[n]["saved_bytes_by_block"].items() if pick(b))) for n in names])
@@ -109,8 +109,8 @@ def block_role(report: dict, mode: str, block: str) -> str:
         return "trained in full"
     if block == "score":
         return "head"
-    layers = list(range(report["model"]["num_layers"])) if mode == "lora_all" else report["model"]["trainable_layers"]
-    if block.startswith("layer.") and int(block.split(".")[1]) in layers:
+    adapted = list(range(report["model"]["num_layers"])) if mode == "lora_all" else report["model"]["trainable_layers"]
+    if block.startswith("layer.") and int(block.split(".")[1]) in adapted:
         return "LoRA"
     if mode == "topk_cached" and (block == "embed" or block in prefix_keys(report)):
         return "cached (not run)"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+import mlflow
+
 from toptune.bench import main as bench
 
 EXPERIMENT = "toptune-bench"
@@ -25,8 +27,6 @@ def flat(prefix: str, value, out: dict) -> dict:
 
 def log_numbers(prefix: str, row: dict) -> None:
     """Each number of ``row`` as metric ``prefix.key``; each list of numbers as steps of one metric."""
-    import mlflow
-
     for key, value in row.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             mlflow.log_metric(f"{prefix}.{key}", float(value))
@@ -37,8 +37,6 @@ def log_numbers(prefix: str, row: dict) -> None:
 
 def start_run(run_name: str):
     """An MLflow run in experiment ``toptune-bench`` at ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``)."""
-    import mlflow
-
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     mlflow.set_experiment(EXPERIMENT)
     return mlflow.start_run(run_name=run_name)
@@ -47,8 +45,6 @@ def start_run(run_name: str):
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run: each bench's config as parameters, each run's figures and the ratios as metrics
     (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON and PNG as artifacts."""
-    import mlflow
-
     with start_run("bench") as run:
         for prefix, part in ([("", result)] if "runs" in result else []) + \
                 ([("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []):

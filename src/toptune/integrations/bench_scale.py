@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
+import mlflow
+
 from toptune.bench import scale
 from toptune.integrations.bench import EXPERIMENT, flat, start_run
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
-    import mlflow
-
+    """One MLflow run ``bench-scale``: configuration, each point's figures by rows, the summary, the JSON."""
     with start_run("bench-scale") as run:
         mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
         mlflow.set_tag("device", result["machine"])

@@ -21,19 +21,12 @@ import click
 from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import CONTEXT_SETTINGS
 
+from toptune.errors import ToptuneError
+
 LOG_FILE = Path("toptune.log")
 """Where the full trace of an expected failure goes (relative to the project root)."""
 ERROR_LOGGER = "toptune.errors"
 """Logger of those traces: a file handler only (never the terminal)."""
-
-
-def _expected_types() -> tuple[type, ...]:
-    from toptune.config import ConfigError
-    from toptune.data.table import DataValidationError
-    from toptune.io.lock import ProjectBusyError
-    from toptune.serve.bundle import BundleError
-
-    return ConfigError, DataValidationError, BundleError, ProjectBusyError
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -47,7 +40,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def load_failure(exc: BaseException) -> str | None:
     """One line for a dataset that could not be read (Kedro's ``DatasetError`` around the cause), naming
     the file and the fix; None for anything else."""
-    import pandas as pd
+    import pandas as pd  # heavy: ~1 s on every Kedro command otherwise; needed only after a failure
 
     chain = _chain(exc)
     wrapper = next((e for e in chain if type(e).__name__ == "DatasetError"), None)
@@ -70,9 +63,8 @@ def load_failure(exc: BaseException) -> str | None:
 
 def one_line(exc: BaseException) -> str | None:
     """The one-line message of an expected failure, or None for an unexpected one."""
-    expected = _expected_types()
     for e in _chain(exc):
-        if isinstance(e, expected):
+        if isinstance(e, ToptuneError):
             return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return load_failure(exc)
 

@@ -1,4 +1,4 @@
-"""The merged checkpoint as a Kedro dataset (Kedro layer)."""
+"""The merged model as a Kedro dataset (Kedro layer)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from toptune.serve.bundle import BUNDLE_FILE, BundleError, read_bundle
-from toptune.serve.merge import MergedCheckpoint
+from toptune.serve.merge import MergedModel
 
 
-class MergedCheckpointDataset(AbstractDataset):
+class MergedModelDataset(AbstractDataset):
     """A merged bundle: a transformers checkpoint directory (weights, config, tokenizer) with
     ``toptune.json`` and ``examples.json``.
 
-    Saving writes a :class:`toptune.serve.merge.MergedCheckpoint` (staged, then swapped in); loading checks
+    Saving writes a :class:`toptune.serve.merge.MergedModel` (staged, then swapped in); loading checks
     the bundle and returns the directory's path, from which ``toptune.serve.predict.load_predictor`` (or
     ``AutoModelForSequenceClassification.from_pretrained``) loads it.
     """
@@ -24,8 +24,8 @@ class MergedCheckpointDataset(AbstractDataset):
         self._filepath = PurePosixPath(filepath)
         self.metadata = metadata
 
-    def _save(self, checkpoint: MergedCheckpoint) -> None:
-        checkpoint.save(Path(self._filepath))
+    def _save(self, merged: MergedModel) -> None:
+        merged.save(Path(self._filepath))
 
     def _load(self) -> str:
         if not self._exists():

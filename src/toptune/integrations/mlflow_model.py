@@ -1,4 +1,4 @@
-"""Log the merged checkpoint as an MLflow pyfunc model (MLflow layer).
+"""Log the merged model as an MLflow pyfunc model (MLflow layer).
 
 MLflow 3's ``log_model`` stores a model beside the run (a "logged model", ``models:/m-…``), not among
 the run's artifacts; toptune saves the pyfunc model locally and logs the folder as the artifact
@@ -21,10 +21,10 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import toptune
+from toptune.config import ExportConfig
 from toptune.data.table import template_columns
 from toptune.integrations import pyfunc as pyfunc_model
 from toptune.serve.bundle import read_bundle
-from toptune.serve.merge import ExportConfig
 from toptune.serve.predict import TEXT_COLUMN, ServingConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], 
 
 
 def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig, out_dir: str | Path) -> Path:
-    """Save the pyfunc model (code, merged checkpoint, signature, example, pinned requirements) to ``out_dir``."""
+    """Save the pyfunc model (code, merged model, signature, example, pinned requirements) to ``out_dir``."""
     bundle = read_bundle(merged_dir, "merged")
     serving = ServingConfig.of(bundle)
     labels = [bundle.id2label[k] for k in sorted(bundle.id2label)]

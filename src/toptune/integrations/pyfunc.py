@@ -15,11 +15,17 @@ import logging
 import uuid
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.pyfunc import PythonModel
 
+from toptune.config import ConfigError
+from toptune.data.table import DataValidationError
+from toptune.serve.predict import load_predictor, prepare_rows, request_params
+
 MERGED_ARTIFACT = "merged"
-"""Artifact key of the merged checkpoint directory."""
+"""Artifact key of the merged model directory."""
 
 log = logging.getLogger("toptune.serve.predict")
 
@@ -33,19 +39,10 @@ class ToptuneClassifierModel(PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from toptune.serve.predict import load_predictor
-
         self.predictor = load_predictor(context.artifacts[MERGED_ARTIFACT])
         self.defaults = dict(context.model_config or {})
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
-
-        from toptune.config import ConfigError
-        from toptune.data.table import DataValidationError
-        from toptune.serve.predict import prepare_rows, request_params
-
         try:
             bad_rows, batch_size = request_params(params, self.defaults)
             rows = prepare_rows(model_input, self.predictor.serving, bad_rows)

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import transformers_weight_conversion as conversion
 from torch import nn
+from transformers import PreTrainedModel
 
 from toptune.config import ConfigError, LoraSettings
 from toptune.model.load import backbone
@@ -38,52 +40,50 @@ def _block_prefix(model: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is inner.layers)
 
 
-def target_modules(model: nn.Module, layers: list[int], settings: LoraSettings) -> list[str]:
-    """Full names of the linear modules of blocks ``layers`` that get LoRA (see the module docstring)."""
-    blocks, out = _block_prefix(model), []
+def target_modules(model: nn.Module, trainable_blocks: list[int], settings: LoraSettings) -> list[str]:
+    """Full names of the linear modules of blocks ``trainable_blocks`` that get LoRA (see the module docstring)."""
+    block_list, out = _block_prefix(model), []
     wanted = None if settings.target_modules == "auto" else set(settings.target_modules)
-    for i in layers:
+    for i in trainable_blocks:
         for name, module in backbone(model).layers[i].named_modules():
             leaf = name.rpartition(".")[2]
             if not isinstance(module, nn.Linear) or ".experts." in f".{name}.":
                 continue
             if (wanted is None and leaf.endswith("_proj")) or (wanted is not None and leaf in wanted):
-                out.append(f"{blocks}.{i}.{name}")
+                out.append(f"{block_list}.{i}.{name}")
     if wanted is not None:
         missing = sorted(w for w in wanted if not any(n.rpartition(".")[2] == w for n in out))
         if missing:
             raise ConfigError(f"lora.target_modules: no linear module named {missing[0]!r} in the trainable blocks "
-                             f"{layers} (use auto, or names such as q_proj, in_proj_qkv, out_proj)")
+                             f"{trainable_blocks} (use auto, or names such as q_proj, in_proj_qkv, out_proj)")
     return out
 
 
-def target_parameters(model: nn.Module, layers: list[int], settings: LoraSettings) -> list[str]:
-    """Full names of the routed experts' stacked weights in blocks ``layers`` (``lora.experts``), else []."""
+def target_parameters(model: nn.Module, trainable_blocks: list[int], settings: LoraSettings) -> list[str]:
+    """Full names of the routed experts' stacked weights in blocks ``trainable_blocks`` (``lora.experts``), else []."""
     if not settings.experts:
         return []
-    blocks, out = _block_prefix(model), []
-    for i in layers:
+    block_list, out = _block_prefix(model), []
+    for i in trainable_blocks:
         for name, module in backbone(model).layers[i].named_modules():
             if name.rpartition(".")[2] == "experts":
-                out += [f"{blocks}.{i}.{name}.{p}" for p in EXPERT_PARAMETERS if isinstance(getattr(module, p, None), nn.Parameter)]
+                out += [f"{block_list}.{i}.{name}.{p}" for p in EXPERT_PARAMETERS if isinstance(getattr(module, p, None), nn.Parameter)]
     if not out:
-        raise ConfigError(f"lora.experts=true but the trainable blocks {layers} have no routed experts")
+        raise ConfigError(f"lora.experts=true but the trainable blocks {trainable_blocks} have no routed experts")
     return out
 
 
-def lora_config(model: nn.Module, settings: LoraSettings, layers: list[int]) -> LoraConfig:
+def lora_config(model: nn.Module, settings: LoraSettings, trainable_blocks: list[int]) -> LoraConfig:
     """A ``LoraConfig`` naming every target in full. ``task_type="SEQ_CLS"`` puts ``score`` in
     ``modules_to_save`` (trained in full, saved with the adapter)."""
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=target_modules(model, layers, settings),
-                      target_parameters=target_parameters(model, layers, settings) or None, task_type="SEQ_CLS")
+                      target_modules=target_modules(model, trainable_blocks, settings),
+                      target_parameters=target_parameters(model, trainable_blocks, settings) or None, task_type="SEQ_CLS")
 
 
 @contextlib.contextmanager
 def v5_native():
     """PEFT's transformers-4 → 5 rewrite of LoRA configs and adapter weights, switched off for the duration."""
-    from peft.utils import transformers_weight_conversion as conversion
-
     # PEFT imports both functions from this module at call time, so replacing the module's attributes
     # reaches every caller (get_peft_model, PeftModel.from_pretrained / load_adapter).
     saved = {name: getattr(conversion, name) for name in _CONVERSIONS}
@@ -96,10 +96,10 @@ def v5_native():
             setattr(conversion, name, fn)
 
 
-def add_adapters(model: nn.Module, settings: LoraSettings, layers: list[int]) -> PeftModel:
-    """Wrap ``model`` with LoRA on blocks ``layers``; everything else is frozen."""
+def add_adapters(model: nn.Module, settings: LoraSettings, trainable_blocks: list[int]) -> PeftModel:
+    """Wrap ``model`` with LoRA on blocks ``trainable_blocks``; everything else is frozen."""
     with v5_native():
-        return get_peft_model(model, lora_config(model, settings, layers))
+        return get_peft_model(model, lora_config(model, settings, trainable_blocks))
 
 
 def load_adapter(model: nn.Module, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
@@ -128,6 +128,8 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"trainable_params": trainable, "frozen_params": frozen, "total_params": trainable + frozen}
 
 
-def merge(model: PeftModel) -> nn.Module:
+def merge(model: PeftModel) -> PreTrainedModel:
     """Fold each LoRA update ``W + (alpha/r)·B·A`` into its base weight; a plain transformers model."""
-    return model.merge_and_unload()
+    merged = model.merge_and_unload()
+    assert isinstance(merged, PreTrainedModel), type(merged)
+    return merged

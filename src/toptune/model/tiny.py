@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers as tf
 
 from toptune.model.tokenizer import (
     TOKENIZER_FILES,
@@ -130,8 +131,6 @@ def _vision(spec: TinyQwenSpec) -> dict:
 
 def tiny_config(spec: TinyQwenSpec):
     """The transformers config of ``spec``: the causal LM's, or the composite model's for Qwen3.5."""
-    import transformers as tf
-
     text = _text_kwargs(spec)
     t = spec.model_type
     if t == "qwen3":
@@ -161,8 +160,6 @@ def tiny_config(spec: TinyQwenSpec):
 def build_random(spec: TinyQwenSpec):
     """The random model of ``spec`` (seeded), as its hub repo's architecture: a causal LM, or the
     vision + language model for Qwen3.5."""
-    import transformers as tf
-
     torch.manual_seed(spec.seed)
     config = tiny_config(spec)
     if spec.model_type == "qwen3_5":

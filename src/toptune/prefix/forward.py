@@ -1,9 +1,9 @@
-"""The split forward: blocks below the first trainable one run under ``torch.no_grad()``, for every Qwen family.
+"""The forward split: blocks below the first trainable one run under ``torch.no_grad()``, for every Qwen family.
 
 The stock forward (``model(input_ids, attention_mask)``) records every block in the autograd graph as
 soon as anything upstream requires grad (``enable_input_require_grads``, as gradient checkpointing
 switches on, is enough), so the frozen prefix keeps its activations for a backward that never needs
-them. Here the model's forward is split at block ``first_trainable_block`` (f), on the model's own code:
+them. Here the model's forward is split at block ``first_trainable_block`` (f below), on the model's own code:
 
     prefix view  blocks [0, f)   embed → blocks, no final norm; under no_grad, output detached (nothing saved)
     top view     blocks [f, L)   the boundary as ``inputs_embeds`` → blocks → final norm   (in the graph)
@@ -13,8 +13,8 @@ Both views run the backbone's stock ``forward`` (:mod:`toptune.prefix.views`), s
 linear attention), rotary / M-RoPE positions and every block type come from transformers itself.
 Pooling is done here, at the rightmost token that is not ``pad_token_id`` — the stock classifier's
 rule, which it cannot apply to ``inputs_embeds`` (it would pool at position −1, wrong under right
-padding). Tests hold the split to the stock logits and gradients for every family; before training, a
-run checks it once more on its own checkpoint and first batch (:func:`toptune.prefix.selfcheck.split_check`).
+padding). Tests hold the forward split to the stock logits and gradients for every family; before training, a
+run checks it once more on its own checkpoint and first batch (:func:`toptune.prefix.selfcheck.check_forward_split`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from toptune.config import PREFIX_MODES  # noqa: F401 - re-exported: the modes the split runs
+from toptune.config import PREFIX_MODES  # noqa: F401 - re-exported: the modes the forward split runs
 from toptune.model.load import backbone, score_head
 from toptune.prefix.fast import fast_supported, run_top_fast
 from toptune.prefix.views import block_view, run_view

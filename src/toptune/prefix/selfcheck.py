@@ -1,9 +1,9 @@
-"""The split checks itself on the user's checkpoint: stock forward vs split forward on the run's first batch.
+"""The forward split checks itself on the user's checkpoint: stock forward vs split forward on the run's first batch.
 
-Tests hold the split to the stock forward on tiny checkpoints of every family; a real checkpoint (or a
+Tests hold the forward split to the stock forward on tiny checkpoints of every family; a real checkpoint (or a
 model type nobody tested) gets the same check before any training or cache build, on its own weights
 and data. The two forwards run the same modules in the same order, so in fp32 they agree to float
-rounding (measured ≤ 3e-7 on every family); a difference above the tolerance means the split does not
+rounding (measured ≤ 3e-7 on every family); a difference above the tolerance means the forward split does not
 reproduce this model, and the run stops.
 """
 
@@ -18,19 +18,19 @@ from torch import Tensor, nn
 from toptune.prefix.forward import forward_logits, stock_logits
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
-"""Largest allowed |stock − split| logit per weights' dtype (fp32: 300× the measured rounding)."""
+"""Largest allowed |stock − forward split| logit per weights' dtype (fp32: 300× the measured rounding)."""
 
 
-class SplitMismatch(RuntimeError):
-    """The split forward does not reproduce the stock forward of this checkpoint; the message says by how much."""
+class ForwardSplitMismatch(RuntimeError):
+    """The forward split does not reproduce the stock forward of this checkpoint; the message says by how much."""
 
 
 @dataclass
-class SplitCheck:
+class ForwardSplitCheck:
     """What the check measured (recorded in ``train_summary.json`` and the MLflow run)."""
 
     max_abs_logit_diff: float
-    """Largest |stock logit − split logit| over the batch and classes."""
+    """Largest |stock logit − forward-split logit| over the batch and classes."""
     rows: int
     """Examples in the checked batch."""
     tolerance: float
@@ -43,24 +43,24 @@ class SplitCheck:
 
 
 @torch.no_grad()
-def split_check(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
-                autocast=None) -> SplitCheck:
-    """Logits of the stock forward and of the split on one batch, in eval mode (no dropout); raises
-    :class:`SplitMismatch` with one line naming the model type and the difference above tolerance."""
+def check_forward_split(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
+                        autocast=None) -> ForwardSplitCheck:
+    """Logits of the stock forward and of the forward split on one batch, in eval mode (no dropout); raises
+    :class:`ForwardSplitMismatch` with one line naming the model type and the difference above tolerance."""
     was_training = model.training
     model.eval()
     try:
         with autocast or contextlib.nullcontext():
             stock = stock_logits(model, input_ids, attention_mask).float()  # (B, C)
-            split = forward_logits(model, input_ids, attention_mask, first_trainable_block, "no_grad").float()
+            forward_split = forward_logits(model, input_ids, attention_mask, first_trainable_block, "no_grad").float()
     finally:
         model.train(was_training)
     config = model.config
     dtype = next(p for p in model.parameters()).dtype
-    check = SplitCheck(float((stock - split).abs().max()), int(input_ids.shape[0]), TOLERANCE.get(dtype, 2e-2),
-                       config.model_type)
+    check = ForwardSplitCheck(float((stock - forward_split).abs().max()), int(input_ids.shape[0]),
+                              TOLERANCE.get(dtype, 2e-2), config.model_type)
     if not check.max_abs_logit_diff <= check.tolerance:  # also catches NaN
-        raise SplitMismatch(
+        raise ForwardSplitMismatch(
             f"the split forward differs from the stock forward of this {check.model_type} checkpoint by "
             f"{check.max_abs_logit_diff:.3g} (tolerance {check.tolerance:g}) on the first {check.rows} examples: "
             "toptune cannot train it exactly")

@@ -1,4 +1,4 @@
-"""Views of a decoder's block list that the model's own forward runs: the split for every Qwen family.
+"""Views of a decoder's block list that the model's own forward runs: the forward split for every Qwen family.
 
 A view is a shallow copy of the backbone (``Qwen*Model`` / ``Qwen3_5*TextModel``) that shares every
 parameter, buffer and block with it but holds only blocks ``[start, stop)``; the stock ``forward`` then
@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 
 from torch import Tensor, nn
+from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 _VIEWS = "_toptune_views"
 
@@ -46,8 +47,6 @@ def block_view(inner: nn.Module, start: int, stop: int, final_norm: bool) -> nn.
     views = inner.__dict__.setdefault(_VIEWS, {})
     key = (start, stop, final_norm)
     if key not in views:
-        from transformers.utils.output_capturing import maybe_install_capturing_hooks
-
         maybe_install_capturing_hooks(inner)
         view = copy.copy(inner)
         view.__dict__ = {k: v for k, v in inner.__dict__.items() if k != _VIEWS}

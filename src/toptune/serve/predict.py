@@ -1,7 +1,7 @@
-"""Classify tables with a merged checkpoint: the one path the ``predict`` pipeline, the MLflow pyfunc
+"""Classify tables with a merged model: the one path the ``predict`` pipeline, the MLflow pyfunc
 model and the REST server share (:func:`prepare_rows` then :meth:`Predictor.predict`).
 
-The merged checkpoint is a bundle (:mod:`toptune.serve.bundle`): :func:`load_predictor` reads its
+The merged model is a bundle (:mod:`toptune.serve.bundle`): :func:`load_predictor` reads its
 ``toptune.json`` (template, token limit, labels), refuses one whose parts disagree, and loads the
 weights with transformers alone, safetensors only, no remote code. Prediction runs the stock forward:
 right padding, pooled at the rightmost token that is not ``pad_token_id``.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from toptune.config import ConfigError, DataConfig
+from toptune.config import BAD_ROW_POLICIES, ConfigError, DataConfig
 from toptune.data.batches import collate
 from toptune.data.table import (
     DataValidationError,
@@ -34,22 +34,18 @@ from toptune.data.table import (
     to_frame,
 )
 from toptune.data.tokens import encode
+from toptune.model import families
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import Bundle, read_bundle
 
 TEXT_COLUMN = "text"
 """A column of already-serialised texts, accepted when the table lacks the template's columns."""
-BAD_ROW_POLICIES = ("drop", "error")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 @dataclass
 class ServingConfig:
-    """How a table's rows become the model's input (the bundle's template, token limit and columns)."""
+    """How a table's rows become the model's input (the bundle's template, token limit and columns). Not a
+    parameter group: it is read from the bundle's ``toptune.json``, which the bundle's own checks vouch for."""
 
     text_template: str
     """The ``str.format`` template the model was trained with (``data.text_template``)."""
@@ -69,36 +65,18 @@ class ServingConfig:
         return cls.of(read_bundle(model_dir, "merged"))
 
 
-@dataclass
-class PredictConfig:
-    """The ``predict`` pipeline (parameters ``predict.*``)."""
-
-    batch_size: int = 64
-    """Rows per forward pass."""
-    bad_rows: str = "drop"
-    """Rows with an empty / NaN text cell or a non-string cell in a text column: ``drop`` (skipped,
-    counted, logged) or ``error`` (fail naming the first bad row and column)."""
-    device: str = "auto"
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"predict.batch_size={self.batch_size} must be >= 1")
-        _check(self.bad_rows in BAD_ROW_POLICIES, f"predict.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
-        _check(self.device in ("auto", "cpu", "cuda"), f"predict.device={self.device!r} must be auto, cpu or cuda")
-
-
 def request_params(params: dict[str, Any] | None, defaults: dict[str, Any]) -> tuple[str, int]:
     """``(bad_rows, batch_size)`` of a pyfunc / REST request, over the model's defaults; a bad value
     fails naming it (``params.batch_size=-1 must be an integer >= 1``)."""
     p = {"bad_rows": "error", "batch_size": 64, **defaults, **{k: v for k, v in (params or {}).items() if v is not None}}
     unknown = sorted(set(p) - {"bad_rows", "batch_size"})
-    _check(not unknown, f"params.{unknown[0] if unknown else ''} is not a parameter of this model (bad_rows, batch_size)")
+    if unknown:
+        raise ConfigError(f"params.{unknown[0]} is not a parameter of this model (bad_rows, batch_size)")
     bad_rows, batch_size = p["bad_rows"], p["batch_size"]
-    _check(bad_rows in BAD_ROW_POLICIES, f"params.bad_rows={bad_rows!r} must be 'drop' or 'error'")
-    _check(isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size >= 1,
-           f"params.batch_size={batch_size!r} must be an integer >= 1")
+    if bad_rows not in BAD_ROW_POLICIES:
+        raise ConfigError(f"params.bad_rows={bad_rows!r} must be 'drop' or 'error'")
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"params.batch_size={batch_size!r} must be an integer >= 1")
     return str(bad_rows), int(batch_size)
 
 
@@ -109,7 +87,7 @@ def _device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def logits_of(model: nn.Module, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
+def logits_of(model: PreTrainedModel | PeftModel, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
               progress: bool = False) -> np.ndarray:
     """(N, C) float32 logits of the stock forward, in input order.
 
@@ -120,7 +98,9 @@ def logits_of(model: nn.Module, input_ids: list[list[int]], pad_token_id: int, b
     model.eval()
     device = next(model.parameters()).device
     order = np.argsort([len(x) for x in input_ids], kind="stable")
-    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    num_labels = model.config.num_labels
+    assert num_labels is not None  # a classifier's config always names its classes
+    out = np.zeros((len(input_ids), num_labels), dtype=np.float32)
     bar = tqdm(total=len(input_ids), desc="predict", unit="row", disable=not progress, mininterval=1.0)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -183,7 +163,7 @@ def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> Predi
 
 @dataclass
 class Predictor:
-    """A merged checkpoint loaded for prediction (no PEFT)."""
+    """A merged model loaded for prediction (no PEFT)."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -191,7 +171,9 @@ class Predictor:
 
     @property
     def id2label(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.model.config.id2label.items()}
+        id2label = self.model.config.id2label
+        assert id2label is not None  # a classifier's config always names its classes
+        return {int(k): v for k, v in id2label.items()}
 
     def columns(self) -> list[str]:
         """Output columns: ``id``, ``label``, then ``prob_<class>`` in class-index order."""
@@ -213,8 +195,6 @@ class Predictor:
 
 def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
     """Load a merged bundle (checked: labels, tokenizer, template) with transformers alone."""
-    from toptune.model import families
-
     bundle = read_bundle(model_dir, "merged")
     families.register()  # a merged Qwen3.5 MoE classifier is toptune's own class
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True,
