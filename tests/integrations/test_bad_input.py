@@ -36,7 +36,8 @@ from toptune.data.tokens import encode
 from toptune.evaluate.health import short_text_warnings, training_warnings
 from toptune.integrations.cli import one_line
 from toptune.integrations.guards import PARAMETER_GROUPS, mark_dead_runs
-from toptune.io.debris import clear_debris
+from toptune.io.atomic import temp_path
+from toptune.io.debris import clear_debris, hostname
 from toptune.io.lock import ProjectBusyError, ProjectLock, takes_lock
 from toptune.model.preflight import check_groups, check_model
 from toptune.serve.bundle import BUNDLE_FILE, BundleError, check_base, read_bundle
@@ -381,19 +382,20 @@ def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
 
 
 def test_debris_of_dead_processes_is_cleared(tmp_path):
-    dead, live = dead_pid(), os.getppid()
-    for name in (f".prefix_cache.tmp-{dead}", f".prefix_cache.tmp-{live}", f".adapter.old-{dead}", f".merged.old-{dead}"):
+    here, dead, live = hostname(), dead_pid(), os.getppid()
+    kept = [f".prefix_cache.tmp-{here}-{live}", f".adapter.tmp-elsewhere-{dead}"]  # alive; another machine's
+    for name in (*kept, f".prefix_cache.tmp-{here}-{dead}", f".adapter.old-{here}-{dead}", f".merged.old-{here}-{dead}",
+                 f".checkpoints.tmp-{dead}"):  # the last: an older version's name, without the host
         (tmp_path / name).mkdir()
+    (tmp_path / f".manifest.json.tmp-{here}-{dead}").write_text("{")  # a file's debris too
     (tmp_path / "merged").mkdir()
     done = clear_debris(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".prefix_cache.tmp-{live}", "adapter", "merged"]
-    assert f"restored {tmp_path / 'adapter'} from .adapter.old-{dead}" in done and len(done) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "adapter", "merged"])
+    assert f"restored {tmp_path / 'adapter'} from .adapter.old-{here}-{dead}" in done and len(done) == 5
+    assert temp_path(tmp_path / "adapter").name == f".adapter.tmp-{here}-{os.getpid()}"
 
 
 def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
-
-    from toptune.io.debris import hostname
-
     use_store(tmp_path, monkeypatch)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("toptune").experiment_id
@@ -409,7 +411,7 @@ def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from toptune.lock import ProjectLock
+    from toptune.io.lock import ProjectLock
     ProjectLock(sys.argv[1]).acquire("kedro run --pipelines __default__")
     print("held", flush=True)
     time.sleep(600)

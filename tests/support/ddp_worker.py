@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import set_seed
 
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.table import prepare_table
 from toptune.data.tokens import Encoded, encode
 from toptune.model.tokenizer import load_tokenizer
 from toptune.train import distributed
-from toptune.train.loop import seed_everything
 from toptune.train.recipe import build_classifier, fit, predict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def splits(model_dir: str, n_train: int = 57) -> dict[str, Encoded]:
 def main(model_dir: str, out: str) -> None:
     data = splits(model_dir)
     for mode in MODES:
-        seed_everything(0)
+        set_seed(0)
         clf = build_classifier(ModelConfig(name_or_path=model_dir, trainable_layers=2), LoraSettings(r=4, alpha=8),
                                ID2LABEL, seed=0, device="cpu")
         cfg = TrainingConfig(prefix_mode=mode, epochs=2, batch_size=8, eval_batch_size=8, lr=3e-3, log_every=1, progress=False)

@@ -15,7 +15,7 @@ from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.table import label_map, prepare_table, split_table
 from toptune.data.tokens import Encoded, encode_splits
 from toptune.model.tokenizer import load_tokenizer
-from toptune.train.loop import resolve_device
+from toptune.train.device import resolve_device
 
 RUNS = ("hf_trainer", "hf_trainer_group_by_length", "autograd", "no_grad", "cache", "floor")
 """Every run of ``make bench``, in the order they run (``floor`` reuses the ``cache`` run's cache)."""

@@ -31,7 +31,7 @@ from toptune.data.batches import batch_indices, collate
 from toptune.data.tokens import Encoded
 from toptune.io.atomic import temp_path
 from toptune.train import distributed
-from toptune.train.loop import autocast
+from toptune.train.device import autocast
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from toptune.config import TrainingConfig
 from toptune.data.tokens import Encoded, token_digest
+from toptune.io.hashing import files_sha256
 from toptune.model.load import backbone
 from toptune.model.precision import DTYPES, weights_dtype
 
@@ -87,9 +88,8 @@ def tokenizer_hash(tokenizer) -> str:
     h = hashlib.sha256()
     file = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer.json"
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if file.is_file():
-        with open(file, "rb") as f:  # streamed: Qwen's file is ~11-19 MB
-            h.update(hashlib.file_digest(f, "sha256").digest())
+    if file.is_file():  # streamed: Qwen's file is ~11-19 MB
+        h.update(files_sha256([file]).encode())
     elif backend is not None:
         h.update(backend.to_str().encode())
     else:

@@ -24,7 +24,9 @@ from toptune.config import TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.model.load import backbone
 from toptune.train.checkpoint.resume import Checkpoints
-from toptune.train.loop import EvalResult, TrainResult, eval_split, train
+from toptune.train.batches import eval_split
+from toptune.train.history import EvalResult
+from toptune.train.loop import TrainResult, train
 
 log = logging.getLogger(__name__)
 

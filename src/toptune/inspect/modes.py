@@ -81,7 +81,7 @@ def _mode_setup(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2label:
                 device: str, tokenizer) -> _Setup:
     """A fresh classifier set up as ``mode`` asks."""
     from toptune.model.load import load_classifier
-    from toptune.train.loop import resolve_device
+    from toptune.train.device import resolve_device
     from toptune.train.recipe import build_classifier, resolve_model_path
 
     if mode == "full":
@@ -122,7 +122,7 @@ def _step_fn(setup: _Setup, batch: dict[str, Tensor], device: torch.device) -> C
     """The training step's forward (as ``toptune.train.loop.train`` runs it): logits under the device's
     autocast, cross-entropy in fp32."""
     from toptune.prefix.forward import forward_logits
-    from toptune.train.loop import autocast
+    from toptune.train.device import autocast
 
     first = min(setup.trainable_layers)
     if setup.forward == "cache":

@@ -21,14 +21,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toptune.config import ConfigError
 from toptune.data.tokens import encode
+from toptune.io.atomic import staging_dir, swap_dir
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import (
     Bundle,
     check_base,
-    commit,
     read_bundle,
     read_examples,
-    staging_dir,
     write_bundle,
 )
 from toptune.serve.predict import (
@@ -110,7 +109,7 @@ class MergedCheckpoint:
         self.model.save_pretrained(staged)
         self.tokenizer.save_pretrained(staged)
         self.bundle = write_bundle(staged, self.bundle, self.examples)
-        return commit(staged, out_dir)
+        return swap_dir(staged, out_dir)
 
 
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], serving: ServingConfig,

@@ -29,18 +29,12 @@ from toptune.model.tiny import ensure_tiny_qwen
 from toptune.model.tokenizer import load_tokenizer
 from toptune.prefix.selfcheck import split_check
 from toptune.train import distributed
-from toptune.train.checkpoint import fingerprint
+from toptune.train.batches import eval_split, live_batches, live_logits
+from toptune.train.checkpoint.fingerprint import fingerprint
 from toptune.train.checkpoint.resume import CHECKPOINT_DIR, Checkpoints
-from toptune.train.loop import (
-    EvalResult,
-    TrainResult,
-    autocast,
-    eval_split,
-    live_batches,
-    live_logits,
-    resolve_device,
-    train,
-)
+from toptune.train.device import autocast, resolve_device
+from toptune.train.history import EvalResult
+from toptune.train.loop import TrainResult, train
 
 log = logging.getLogger(__name__)
 

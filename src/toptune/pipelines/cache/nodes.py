@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from transformers import set_seed
+
 from toptune.cache import (
     bucketing_padding,
     human_bytes,
@@ -13,7 +15,6 @@ from toptune.cache import (
 from toptune.config import RunConfig
 from toptune.data.tokens import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.train.loop import seed_everything
 from toptune.train.recipe import build_classifier, check_split
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
     cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
     if cfg.training.prefix_mode not in ("auto", "cache"):
         return {"status": "skipped", "prefix_mode": cfg.training.prefix_mode}, {}
-    seed_everything(cfg.training.seed)
+    set_seed(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     check_split(clf, tokenised["train"], cfg.training.batch_size)  # before any cache is built: stops a run that cannot split
     training, choice = resolve_prefix_mode(clf, tokenised, cfg.training)

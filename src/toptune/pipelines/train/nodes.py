@@ -7,6 +7,7 @@ import logging
 
 import mlflow
 import pandas as pd
+from transformers import set_seed
 
 from toptune.config import RunConfig
 from toptune.data.tokens import Encoded
@@ -14,7 +15,6 @@ from toptune.model.lora import trainable_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
 from toptune.serve.bundle import Bundle, base_identity
 from toptune.train import distributed
-from toptune.train.loop import seed_everything
 from toptune.train.recipe import (
     Classifier,
     build_classifier,
@@ -37,7 +37,7 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
     summary) orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses in
     ``cache`` mode, and says what ``auto`` resolved to (a resumed run keeps its checkpoint's mode)."""
     cfg = RunConfig.from_params({"data": data_params, "model": model_params, "lora": lora_params, "training": training_params})
-    seed_everything(cfg.training.seed)
+    set_seed(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
     check = check_split(clf, tokenised["train"], cfg.training.batch_size)
