@@ -211,7 +211,7 @@ def test_disk_full_is_refused_in_one_line(tiny_qwen3, data, tmp_path):
 
 
 def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == PREFETCH_THREAD]
+    return [t for t in threading.enumerate() if t.name.startswith(PREFETCH_THREAD)]  # the pool's thread: <name>_0
 
 
 def test_prefetch_thread_ends(tiny_qwen3, data, fresh):

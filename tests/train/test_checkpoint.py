@@ -23,14 +23,16 @@ from toptune.config import (
     TrainingConfig,
 )
 from toptune.train import distributed
-from toptune.train.checkpoint import fingerprint
+from toptune.train.checkpoint.fingerprint import fingerprint
 from toptune.train.checkpoint.resume import (
     CheckpointError,
     Checkpoints,
     newest_first,
     read,
+    select,
 )
-from toptune.train.checkpoint.store import STATE
+from toptune.train.checkpoint.fingerprint import FORMAT
+from toptune.train.checkpoint.store import STATE, write
 from toptune.train.recipe import build_classifier, fit, training_setup
 
 
@@ -158,3 +160,26 @@ def test_parameters_checked(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"training.batch_size=16 does not divide by the 3 processes"):
         distributed.check_divides(16)
+
+
+def test_one_selection_answers_with_the_checkpoint_or_why(tmp_path):
+    fp = {"format": FORMAT, "params": {"training.lr": 0.1}, "model": "m", "data": "d", "world": 1, "device": "cpu"}
+    other = {**fp, "params": {"training.lr": 0.2}}
+    assert select(tmp_path, fp, "never").why == "resume_never"
+    assert select(tmp_path, fp, "auto").why == "none_match"
+    meta = {"format": FORMAT, "epoch": 0, "batch": 1}
+    mine = write(tmp_path, "a-e000-s0000001", {}, {**meta, "fingerprint": fp, "run_id": "r1", "step": 1})
+    theirs = write(tmp_path, "b-e000-s0000002", {}, {**meta, "fingerprint": other, "run_id": "r2", "step": 2})
+    chosen = select(tmp_path, fp, "auto")
+    assert chosen.why == "newest_match" and chosen.get().path == mine.path
+    assert [(c.path, why) for c, why in chosen.skipped] == [(theirs.path, "training.lr changed (0.2 → 0.1)")]
+    assert select(tmp_path, fp, str(mine.path)).why == "given"
+    refused = select(tmp_path, fp, str(theirs.path))
+    assert refused.why == "refused" and refused.checkpoint is None
+    assert refused.message == f"training.resume={theirs.path}: refused, made for another configuration: training.lr changed (0.2 → 0.1)"
+    with pytest.raises(CheckpointError, match="made for another configuration"):
+        refused.get()
+    # The tracking layer's reasons (``also``) pass a checkpoint over; a reopened run's checkpoint that cannot go on refuses.
+    passed = select(tmp_path, fp, "auto", also=lambda ck: ["its MLflow run r1 finished"])
+    assert passed.why == "none_match" and [why for _, why in passed.skipped][-1] == "its MLflow run r1 finished"
+    assert select(tmp_path, other, "auto", run_id="r1").message.startswith(f"checkpoint {mine.path} of MLflow run r1 cannot continue it")

@@ -8,9 +8,9 @@ random batch order, and since the store is length-sorted its rows lie in one reg
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +18,15 @@ import torch
 from torch import Tensor
 
 from toptune.data.batches import batch_indices
-from toptune.train.loop import Batch, Batches
+from toptune.train.batches import Batch, Batches
 
 BUCKET_WINDOW = 0
 """Length bucketing sorts windows of this many batches (0 = the whole split)."""
 PREFETCH_BATCHES = 4
 """Batches the prefetch thread prepares ahead of the one training uses (CUDA; on the CPU there is no
 prefetch thread: see :func:`cached_batches`)."""
+PREFETCH_THREAD = "toptune-cache-prefetch"
+"""Name prefix of the prefetch thread."""
 
 
 @dataclass
@@ -132,61 +134,35 @@ def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int,
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-_DONE = object()
-
-
 def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
                depth: int = PREFETCH_BATCHES, device: torch.device | None = None) -> Iterator[Batch]:
-    """``make(item)`` for each item, computed by a background thread up to ``depth`` items ahead
-    (``depth`` 0: in the caller's thread, when it is asked for).
+    """``make(item)`` for each item, in order, computed by one background thread up to ``depth`` items
+    ahead (``depth`` 0: in the caller's thread, when it is asked for).
 
     The thread's exceptions re-raise here; when the consumer stops early (``break``, an exception,
-    the generator closed or collected) the thread is told to stop and joined, never left blocked.
+    the generator closed or collected) the items not started are cancelled and the thread joined.
     On CUDA the thread works on ``device`` (a new thread starts on GPU 0: pinned allocations there
     would open a context on it in every process of a multi-GPU run).
     """
     if depth <= 0:
         yield from (make(item) for item in items)
         return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
     # Resolved here, in the caller's thread: a bare ``cuda`` means the caller's current GPU.
     gpu = (device.index if device.index is not None else torch.cuda.current_device()) \
         if device is not None and device.type == "cuda" else None
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
+    on_gpu = {"initializer": torch.cuda.set_device, "initargs": (gpu,)} if gpu is not None else {}
+    ahead: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD, **on_gpu) as pool:
         try:
-            if gpu is not None:
-                torch.cuda.set_device(gpu)
             for item in items:
-                if stop.is_set() or not put((make(item), None)):
-                    return
-            put((_DONE, None))
-        except BaseException as e:  # noqa: BLE001 — handed to the consumer, re-raised there
-            put((None, e))
-
-    thread = threading.Thread(target=work, name="toptune-cache-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            value, error = q.get()
-            if error is not None:
-                raise error
-            if value is _DONE:
-                return
-            yield value
-    finally:
-        stop.set()
-        thread.join()
+                ahead.append(pool.submit(make, item))
+                if len(ahead) > depth:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool,

@@ -11,29 +11,27 @@ One cache per directory::
     <split>-00000-<key>.done.json  the shard's receipt: fingerprint key, job signature, sizes, sha256
 
 ``<key>`` is the first 16 hex digits of the fingerprint's sha256, so builds of different data never
-write to one name. Every file is written to ``.<name>.tmp-<host>-<pid>``, fsynced and renamed, so
-a name on disk always holds complete bytes; a receipt is written after its shard's files, so it
+write to one name. Every file is written through :mod:`toptune.io.atomic` (a temporary name, fsync,
+rename), so a name on disk always holds complete bytes; a receipt is written after its shard's files, so it
 marks a complete shard. A rerun resumes from shards whose receipt matches (same fingerprint, same
 job, files intact), and only the manifest makes a cache usable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import socket
 import sys
 from pathlib import Path
 
 from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprint_key
 from toptune.cache.plan import ShardJob
 from toptune.io.atomic import write_atomic
+from toptune.io.debris import clear_debris
+from toptune.io.hashing import file_sha256
 
 MANIFEST = "manifest.json"
 _OURS = re.compile(r"^[\w.]+-\d{5}(-[0-9a-f]{16})?\.(bin|index\.npy|done\.json|safetensors)$")
-_TEMP = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
 
 
 class CacheInvalid(RuntimeError):
@@ -73,9 +71,8 @@ def check_file(directory: Path, file: str, entry: dict, verify: bool) -> None:
     if size != entry["bytes"]:
         raise CacheInvalid(f"shard {file} is truncated or altered ({size} bytes, recorded {entry['bytes']})")
     if verify:
-        with open(f, "rb") as fh:
-            if hashlib.file_digest(fh, "sha256").hexdigest() != entry["sha256"]:
-                raise CacheInvalid(f"shard {file} fails its sha256 checksum (corrupt)")
+        if file_sha256(f) != entry["sha256"]:
+            raise CacheInvalid(f"shard {file} fails its sha256 checksum (corrupt)")
 
 
 def write_receipt(directory: Path, job: ShardJob, fp_key: str, files: dict[str, dict]) -> dict:
@@ -99,28 +96,15 @@ def read_receipt(directory: Path, job: ShardJob, fp_key: str, verify: bool = Tru
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(directory: Path, fp_key: str, plan: list[ShardJob]) -> list[str]:
     """Remove what no build of ``fp_key`` / ``plan`` can use: temp files of dead processes on this
     host, receipts of another fingerprint or job and their shards, shard files the plan does not
     name (another plan, the older format). Live processes' temp files and this plan's shards stay."""
-    host, removed = socket.gethostname(), []
+    removed = [Path(line.removeprefix("removed ")).name for line in clear_debris(directory)]
     jobs = {files_of(j, fp_key)["receipt"]: j for j in plan}
     names = {f for j in plan for f in files_of(j, fp_key).values()}
     for f in sorted(directory.iterdir()) if directory.is_dir() else []:
-        m = _TEMP.match(f.name)
-        if m and m["host"] == host and not _pid_alive(int(m["pid"])):
-            removed.append(f.name)
-        elif f.name.endswith(".done.json") and _OURS.match(f.name):
+        if f.name.endswith(".done.json") and _OURS.match(f.name):
             job = jobs.get(f.name)
             try:
                 r = json.loads(f.read_text())

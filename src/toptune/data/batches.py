@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from toptune.data.tokens import Encoded
 
 
 def collate(input_ids: list[list[int]], labels: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example of the batch. Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
-    width = max(len(x) for x in input_ids)
-    ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for row, x in enumerate(input_ids):
-        ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[row, : len(x)] = 1
+    rows = [torch.tensor(x, dtype=torch.long) for x in input_ids]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, T)
+    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)  # (B, T): 1 on real tokens
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(labels, dtype=torch.long)}
 
 

@@ -14,14 +14,8 @@ import pyarrow.parquet as pq
 from kedro.io import AbstractDataset
 
 from toptune.data.tokens import Encoded
-from toptune.serve.bundle import (
-    BundleError,
-    commit,
-    discard,
-    read_bundle,
-    staging_dir,
-    write_bundle,
-)
+from toptune.io.atomic import discard_dir, staging_dir, swap_dir
+from toptune.serve.bundle import BundleError, read_bundle, write_bundle
 
 PENDING: list[tuple[Path, Path]] = []
 """(staged, final) bundles saved by this process's running pipeline: the project hooks commit them
@@ -29,14 +23,14 @@ when the run succeeds (:func:`commit_pending`) and discard them when it fails.""
 
 
 def commit_pending() -> list[Path]:
-    done = [commit(staged, final) for staged, final in PENDING if staged.is_dir()]
+    done = [swap_dir(staged, final) for staged, final in PENDING if staged.is_dir()]
     PENDING.clear()
     return done
 
 
 def discard_pending() -> None:
-    for staged, _ in PENDING:
-        discard(staged)
+    for _, final in PENDING:
+        discard_dir(final)
     PENDING.clear()
 
 
@@ -96,7 +90,7 @@ class TokenisedDataset(AbstractDataset):
                               "label": pa.array(enc.labels, pa.int64())})
             table = table.replace_schema_metadata({"truncated": str(int(enc.truncated))})
             pq.write_table(table, staged / f"{name}.parquet")
-        commit(staged, final)
+        swap_dir(staged, final)
 
     def _load(self) -> dict[str, Encoded]:
         final = Path(self._filepath)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 from kedro.framework.hooks import hook_impl
@@ -36,17 +38,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from toptune.config import RunConfig
+from toptune.integrations.guards import RUN_CONFIG
+from toptune.io.hashing import path_sha256
 from toptune.train import distributed
-from toptune.train.checkpoint import fingerprint
-from toptune.train.checkpoint.fingerprint import path_digest
-from toptune.train.checkpoint.resume import (
-    CHECKPOINT_DIR,
-    CheckpointError,
-    newest_first,
-    read,
-    refusal,
-)
-from toptune.train.loop import resolve_device
+from toptune.train.checkpoint.fingerprint import fingerprint
+from toptune.train.checkpoint.resume import CHECKPOINT_DIR, Checkpoint, select
+from toptune.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +80,7 @@ def raw_identity(catalog) -> str:
         return "no raw_data"
     path = getattr(dataset, "_filepath", None)
     if path is not None and getattr(dataset, "_protocol", "file") in ("file", None) and Path(str(path)).exists():
-        return "sha256 " + path_digest(Path(str(path)))
+        return "sha256 " + path_sha256(Path(str(path)))
     return "dataset " + json.dumps(dataset._describe(), sort_keys=True, default=str)
 
 
@@ -133,47 +130,51 @@ class ResumableMlflowHook(MlflowHook):
         """The MLflow run of the checkpoint this run will continue, if any (see the module docstring)."""
         if TRAIN_NODE not in {n.name for n in pipeline.nodes}:
             return None
-        cfg = RunConfig.from_params(catalog.load("parameters"))
-        resume = cfg.training.resume
-        if resume == "never":
-            return None
+        cfg: RunConfig = catalog.load(RUN_CONFIG)  # parsed by GuardHooks, before this hook runs
+        resume, given = cfg.training.resume, cfg.training.resume not in ("auto", "never")
         fp = fingerprint(cfg, distributed.world(), resolve_device(cfg.training.device).type)
-        if resume != "auto":
-            try:
-                ck = read(resume)
-            except CheckpointError as e:
-                raise CheckpointError(f"training.resume={resume}: {e}") from None
-            run_reasons = self._run_refusal(ck.meta.get("run_id"), raw, finished_ok=True)
-            gone = run_reasons and "raw data" not in run_reasons[0]
-            reasons = refusal(ck, fp, skip=("data",)) + ([] if gone else run_reasons)
-            if reasons:
-                raise CheckpointError(f"training.resume={resume}: refused, made for another configuration: {'; '.join(reasons)}")
-            if gone:
-                log.info("checkpoint %s: %s; this run is a new one", ck.path, run_reasons[0])
-                return None
-            return ck.meta.get("run_id")
-        for ck in newest_first(CHECKPOINT_DIR):
-            reasons = refusal(ck, fp, skip=("data",)) or self._run_refusal(ck.meta.get("run_id"), raw)
-            if not reasons:
-                log.info("continuing MLflow run %s: it made checkpoint %s (epoch %d, step %d)", ck.meta["run_id"], ck.path,
-                         ck.meta["epoch"], ck.step)
-                return ck.meta["run_id"]
-            log.info("checkpoint %s: its MLflow run is not continued: %s", ck.path, "; ".join(reasons))
-        return None
 
-    @staticmethod
-    def _run_refusal(run_id: str | None, raw: str, finished_ok: bool = False) -> list[str]:
-        """Why the MLflow run ``run_id`` cannot be continued by a run reading raw table ``raw``."""
-        if run_id is None:
-            return ["no MLflow run beside it"]
-        try:
-            run = MlflowClient().get_run(run_id)
-        except MlflowException:
-            return [f"its MLflow run {run_id} is not in this tracking store"]
-        if run.info.lifecycle_stage != "active":
-            return [f"its MLflow run {run_id} is deleted"]
-        if not finished_ok and run.info.status == RunStatus.to_string(RunStatus.FINISHED):
-            return [f"its MLflow run {run_id} finished"]
-        if run.data.tags.get(RAW_DATA_TAG) != raw:
-            return [f"raw data changed ({run.data.tags.get(RAW_DATA_TAG, 'unknown')[:19]} → {raw[:19]})"]
-        return []
+        def run_reasons(ck: Checkpoint) -> list[str]:
+            """A given checkpoint is refused only for a changed raw table (its run gone: a new run continues it)."""
+            why = run_refusal(ck.meta.get("run_id"), raw, finished_ok=given)
+            return [why.text] if why is not None and (not given or why.kind == "raw_data") else []
+
+        chosen = select(CHECKPOINT_DIR, fp, resume, skip=("data",), also=run_reasons)
+        for ck, why in chosen.skipped:
+            log.info("checkpoint %s: its MLflow run is not continued: %s", ck.path, why)
+        ck = chosen.get()
+        if ck is None:
+            return None
+        gone = run_refusal(ck.meta.get("run_id"), raw, finished_ok=True) if given else None
+        if gone is not None:
+            log.info("checkpoint %s: %s; this run is a new one", ck.path, gone.text)
+            return None
+        if not given:
+            log.info("continuing MLflow run %s: it made checkpoint %s (epoch %d, step %d)", ck.meta["run_id"], ck.path,
+                     ck.meta["epoch"], ck.step)
+        return ck.meta.get("run_id")
+
+
+@dataclass(frozen=True)
+class RunRefusal:
+    """Why an MLflow run cannot be continued."""
+
+    kind: Literal["no_run", "not_in_store", "deleted", "finished", "raw_data"]
+    text: str
+
+
+def run_refusal(run_id: str | None, raw: str, finished_ok: bool = False) -> RunRefusal | None:
+    """Why the MLflow run ``run_id`` cannot be continued by a run reading raw table ``raw`` (None: it can)."""
+    if run_id is None:
+        return RunRefusal("no_run", "no MLflow run beside it")
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return RunRefusal("not_in_store", f"its MLflow run {run_id} is not in this tracking store")
+    if run.info.lifecycle_stage != "active":
+        return RunRefusal("deleted", f"its MLflow run {run_id} is deleted")
+    if not finished_ok and run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+        return RunRefusal("finished", f"its MLflow run {run_id} finished")
+    if run.data.tags.get(RAW_DATA_TAG) != raw:
+        return RunRefusal("raw_data", f"raw data changed ({run.data.tags.get(RAW_DATA_TAG, 'unknown')[:19]} → {raw[:19]})")
+    return None

@@ -1,22 +1,38 @@
-"""Files written whole or not at all (the prefix cache's shards and manifest; checkpoints fsync through
-:func:`fsync_path`): a temporary name, fsync, then rename into place.
+"""Files and directories written whole or not at all: a temporary name, fsync, then rename into place.
 
-A temporary file is named ``.<name>.tmp-<host>-<pid>``, so a later build can tell the leftovers of
-a dead process (removed) from the files a live one is writing (left alone).
+Every atomic write of toptune goes through here: the prefix cache's shards and manifest
+(:class:`AtomicFile`, :func:`write_atomic`), the resume checkpoints and the model bundle (a directory
+staged under a temporary name, then :func:`swap_dir`). One temporary-name scheme serves them all::
+
+    .<name>.tmp-<host>-<pid>    a file or directory being written by process <pid> on <host>
+    .<name>.old-<host>-<pid>    the previous directory, kept aside while :func:`swap_dir` swaps
+
+so the one sweeper (:func:`toptune.io.debris.clear_debris`) can tell a dead process's leftovers (removed)
+from a live one's (left alone), even in a directory several machines share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 from pathlib import Path
 
 import numpy as np
 
 
-def temp_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+def temp_path(final: Path, kind: str = "tmp") -> Path:
+    """``<parent>/.<name>.<kind>-<host>-<pid>``: this process's temporary name for ``final``."""
+    final = Path(final)
+    return final.parent / f".{final.name}.{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+def staging_dir(final: str | Path) -> Path:
+    """``<parent>/.<name>.tmp-<host>-<pid>/<name>``: where a directory is written before :func:`swap_dir`
+    (the same basename as ``final``, so a bundle logs to MLflow under the same artifact path)."""
+    final = Path(final)
+    return temp_path(final) / final.name
 
 
 def fsync_path(path: Path) -> None:
@@ -26,6 +42,38 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root``, ``root`` last."""
+    for parent, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_path(Path(parent) / name)
+        fsync_path(Path(parent))
+
+
+def swap_dir(staged: str | Path, final: str | Path) -> Path:
+    """Make the complete directory ``staged`` (``temp_path(final)`` or ``staging_dir(final)``) the
+    directory ``final``: fsync its files and itself, set the previous ``final`` aside as
+    ``.<name>.old-<host>-<pid>``, rename ``staged`` into place, fsync the parent, then remove the old
+    one. A process killed at any instant leaves the old directory or the new one under ``final`` (or
+    the old one aside, which the sweeper puts back), never a mix."""
+    staged, final = Path(staged), Path(final)
+    fsync_tree(staged)
+    old = temp_path(final, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(temp_path(final), ignore_errors=True)  # the container of a staging_dir (gone otherwise)
+    return final
+
+
+def discard_dir(final: str | Path) -> None:
+    """Remove what this process staged for ``final`` (a failed run's bundle)."""
+    shutil.rmtree(temp_path(Path(final)), ignore_errors=True)
 
 
 class AtomicFile:

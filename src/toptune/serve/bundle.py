@@ -8,22 +8,24 @@ and ``examples.json``, a few valid rows of the training table (export's merge ch
 model's input example). Export, predict and serve read only the bundle; :func:`read_bundle` refuses,
 in one line, a bundle whose parts disagree.
 
-A training run writes its bundle to a staging directory (:func:`staging_dir`) and :func:`commit`
-swaps it in only when the run succeeds, so a failed or killed run leaves the previous bundle whole.
+A training run writes its bundle to a staging directory (:func:`toptune.io.atomic.staging_dir`) and
+:func:`toptune.io.atomic.swap_dir` swaps it in only when the run succeeds, so a failed or killed run
+leaves the previous bundle whole. The hashes are :func:`toptune.io.hashing.files_sha256`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from safetensors import safe_open
+
+from toptune.errors import BundleError
+from toptune.io.hashing import files_sha256
 
 BUNDLE_FILE = "toptune.json"
 """The bundle's manifest, beside the weights."""
@@ -34,10 +36,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "chat_template.jinja")
 """Files that define a tokenizer (with any ``*.tiktoken``): their hash is the tokenizer's identity."""
-
-
-class BundleError(ValueError):
-    """A model directory is not a whole toptune bundle; the message names the directory and the part."""
 
 
 @dataclass
@@ -81,15 +79,6 @@ def trainable_blocks(adapter_config: dict) -> list[int]:
     return sorted({int(m.group(1)) for n in names if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", n))})
 
 
-def files_sha256(paths: list[Path]) -> str:
-    """One SHA-256 over the names and contents of ``paths`` (sorted by name)."""
-    h = hashlib.sha256()
-    for p in sorted(paths, key=lambda p: p.name):
-        with open(p, "rb") as f:
-            h.update(f"{p.name}:{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
-    return h.hexdigest()
-
-
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors weights of a checkpoint directory; pickle weights (``*.bin``, ``*.pt``) alone are refused."""
     files = sorted(model_dir.glob("*.safetensors"))
@@ -114,13 +103,13 @@ def tokenizer_sha256(model_dir: str | Path) -> str:
     return files_sha256(files)
 
 
-def checkpoint_dir(name_or_path: str) -> Path | None:
-    """The local directory of a checkpoint: the path itself, or a hub id's snapshot in the local
+def base_checkpoint_dir(name_or_path: str) -> Path | None:
+    """The local directory of a base checkpoint: the path itself, or a hub id's snapshot in the local
     Hugging Face cache; None when neither is on disk."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # heavy: 0.35 s, and most callers pass a local path
 
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception:  # noqa: BLE001 - not a hub id, or not in the cache
@@ -139,7 +128,7 @@ def read_config(model_dir: Path) -> dict:
 def base_identity(name_or_path: str, resolved: str | Path) -> dict:
     """The ``base_*`` and ``tokenizer_sha256`` fields of a bundle trained on ``resolved`` (the local
     directory of ``name_or_path``)."""
-    d = checkpoint_dir(str(resolved))
+    d = base_checkpoint_dir(str(resolved))
     if d is None:
         raise BundleError(f"model.name_or_path={name_or_path}: no local copy to hash")
     return {"base_model": name_or_path, "base_model_type": str(read_config(d).get("model_type", "")),
@@ -148,8 +137,6 @@ def base_identity(name_or_path: str, resolved: str | Path) -> dict:
 
 def _score_rows(weights: Path) -> int | None:
     """Rows of the classification head in a safetensors file (header only), or None if it has none."""
-    from safetensors import safe_open
-
     with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
             if "score" in key and key.endswith("weight"):
@@ -192,9 +179,9 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
     if kind == "adapter":
         if files_sha256(own) != b.weights_sha256:
             raise BundleError(f"{d}: {ADAPTER_WEIGHTS} is not the file {BUNDLE_FILE} was written with (weights hash differs)")
-        layers = trainable_blocks(json.loads((d / "adapter_config.json").read_text()))
-        if layers != sorted(b.trainable_layers):
-            raise BundleError(f"{d}: adapter_config.json trains blocks {layers}, {BUNDLE_FILE} says {b.trainable_layers}")
+        blocks = trainable_blocks(json.loads((d / "adapter_config.json").read_text()))
+        if blocks != sorted(b.trainable_layers):
+            raise BundleError(f"{d}: adapter_config.json trains blocks {blocks}, {BUNDLE_FILE} says {b.trainable_layers}")
     else:
         labels = {int(k): v for k, v in read_config(d).get("id2label", {}).items()}
         if labels != b.id2label:
@@ -216,7 +203,7 @@ def read_examples(model_dir: str | Path) -> pd.DataFrame:
 
 def check_base(bundle: Bundle, resolved: str | Path) -> None:
     """Fail unless the checkpoint at ``resolved`` is the one the adapter was trained on (weights and tokenizer)."""
-    d = checkpoint_dir(str(resolved))
+    d = base_checkpoint_dir(str(resolved))
     if d is None:
         raise BundleError(f"base model {bundle.base_model} of the adapter is not on this machine")
     if weights_sha256(d) != bundle.base_weights_sha256:
@@ -224,32 +211,3 @@ def check_base(bundle: Bundle, resolved: str | Path) -> None:
                           f"(hash {weights_sha256(d)[:12]} != {bundle.base_weights_sha256[:12]}); use that checkpoint or train again")
     if tokenizer_sha256(d) != bundle.tokenizer_sha256:
         raise BundleError(f"base model {bundle.base_model}: its tokenizer files changed since the adapter was trained")
-
-
-# --- staging: a run's bundle becomes current only when the run succeeds --------------------------
-
-
-def staging_dir(final: str | Path, pid: int | None = None) -> Path:
-    """``<parent>/.<name>.tmp-<pid>/<name>``: where a run writes a bundle before :func:`commit`
-    (same basename, so it logs to MLflow under the same artifact path)."""
-    final = Path(final)
-    return final.parent / f".{final.name}.tmp-{pid or os.getpid()}" / final.name
-
-
-def commit(staged: str | Path, final: str | Path) -> Path:
-    """Swap ``staged`` in as ``final``: two renames on one filesystem; the old bundle is kept aside as
-    ``.<name>.old-<pid>`` until the new one is in place (the debris sweep restores it after a crash)."""
-    staged, final = Path(staged), Path(final)
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    staged.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staged.parent, ignore_errors=True)
-    return final
-
-
-def discard(staged: str | Path) -> None:
-    """Remove a staged bundle of a failed run."""
-    shutil.rmtree(Path(staged).parent, ignore_errors=True)

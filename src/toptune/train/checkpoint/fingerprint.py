@@ -63,7 +63,7 @@ def model_identity(name_or_path: str) -> str:
     """A short description that changes when the checkpoint does (see the module docstring). The
     embedded default is named by its spec: it is written from it, identically, on first use."""
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
-        from toptune.model.tiny import TinyQwenSpec
+        from toptune.model.tiny import TinyQwenSpec  # heavy: torch + transformers, which this module never needs
 
         return "embedded " + json.dumps(dataclasses.asdict(TinyQwenSpec()), sort_keys=True)
     path = Path(name_or_path)
@@ -78,17 +78,6 @@ def model_identity(name_or_path: str) -> str:
             st = f.stat()
             h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
     return f"dir {path.resolve()} {h.hexdigest()[:16]}"
-
-
-def path_digest(path: Path) -> str:
-    """sha256 of a file's bytes, or of a directory's files (relative names and bytes, in sorted order)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
 
 
 def fingerprint(cfg: RunConfig, world: int, device_type: str, data: dict[str, Encoded] | None = None) -> dict:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,8 +31,8 @@ from toptune.train.checkpoint.store import (
     write,
 )
 
-__all__ = ["CHECKPOINT_DIR", "KEEP", "Checkpoint", "CheckpointError", "Checkpoints", "fingerprint", "fingerprint_diff",
-           "newest_first", "read", "refusal"]
+__all__ = ["CHECKPOINT_DIR", "KEEP", "Checkpoint", "CheckpointError", "Checkpoints", "Selection", "fingerprint",
+           "fingerprint_diff", "newest_first", "read", "refusal", "select"]
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +53,55 @@ def refusal(ck: Checkpoint, fp: dict, run_id: str | None = None, skip: tuple[str
     return reasons
 
 
-def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = None) -> Checkpoint | None:
-    """The checkpoint ``training.resume`` asks for (see the module docstring), or None to start over."""
+@dataclass(frozen=True)
+class Selection:
+    """Which checkpoint a run continues: ``checkpoint``, or None and why (``why``)."""
+
+    checkpoint: Checkpoint | None
+    why: Literal["given", "newest_match", "resume_never", "none_match", "refused"]
+    """``given``: the path ``training.resume`` names; ``newest_match``: the newest that matches (``auto``);
+    ``resume_never``: ``training.resume=never``; ``none_match``: ``auto`` found none; ``refused``: the
+    run cannot go on (``message`` says why, in one line)."""
+    message: str = ""
+    skipped: tuple[tuple[Checkpoint, str], ...] = ()
+    """Under ``auto``, the newer checkpoints passed over, each with why."""
+
+    def get(self) -> Checkpoint | None:
+        """The checkpoint (None: start over); :class:`CheckpointError` when ``refused``."""
+        if self.why == "refused":
+            raise CheckpointError(self.message)
+        return self.checkpoint
+
+
+def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = None, skip: tuple[str, ...] = (),
+           also: Callable[[Checkpoint], list[str]] | None = None) -> Selection:
+    """The checkpoint ``training.resume`` asks for (see the module docstring), compared with fingerprint
+    ``fp`` (fields in ``skip`` left out) and, when given, refused for the reasons ``also`` finds (the
+    tracking layer's: its MLflow run). The one place that chooses; the training and the tracking layer
+    both ask it."""
     if resume == "never":
-        return None
+        return Selection(None, "resume_never")
     if resume != "auto":
         try:
             ck = read(resume)
         except CheckpointError as e:
-            raise CheckpointError(f"training.resume={resume}: {e}") from None
-        reasons = refusal(ck, fp)
+            return Selection(None, "refused", f"training.resume={resume}: {e}")
+        reasons = refusal(ck, fp, skip=skip) + (also(ck) if also else [])
         if reasons:
-            raise CheckpointError(f"training.resume={resume}: refused, made for another configuration: {'; '.join(reasons)}")
-        return ck
+            return Selection(None, "refused", f"training.resume={resume}: refused, made for another configuration: "
+                                              f"{'; '.join(reasons)}")
+        return Selection(ck, "given")
+    skipped = []
     for ck in newest_first(directory):
-        reasons = refusal(ck, fp, run_id)
+        reasons = refusal(ck, fp, run_id, skip) or (also(ck) if also else [])
         if not reasons:
-            return ck
+            return Selection(ck, "newest_match", skipped=tuple(skipped))
         if run_id is not None and ck.meta.get("run_id") == run_id:
             # The tracking layer reopened this checkpoint's run: starting over in it would log every step twice.
-            raise CheckpointError(f"checkpoint {ck.path} of MLflow run {run_id} cannot continue it: {'; '.join(reasons)}; "
-                                  "start a new run with training.resume=never")
-        log.info("checkpoint %s skipped: %s", ck.path, "; ".join(reasons))
-    return None
+            return Selection(None, "refused", f"checkpoint {ck.path} of MLflow run {run_id} cannot continue it: "
+                                              f"{'; '.join(reasons)}; start a new run with training.resume=never")
+        skipped.append((ck, "; ".join(reasons)))
+    return Selection(None, "none_match", skipped=tuple(skipped))
 
 
 def rng_state() -> dict:
@@ -129,11 +157,12 @@ class Checkpoints:
         if self._chosen is None:
             choice, error = None, None
             if distributed.is_main():
-                try:
-                    ck = select(self.directory, self.fingerprint, self.resume, self.run_id)
-                    choice = {**ck.meta, "path": str(ck.path)} if ck is not None else None
-                except CheckpointError as e:
-                    error = str(e)
+                chosen = select(self.directory, self.fingerprint, self.resume, self.run_id)
+                for ck, why in chosen.skipped:
+                    log.info("checkpoint %s skipped: %s", ck.path, why)
+                if chosen.checkpoint is not None:
+                    choice = {**chosen.checkpoint.meta, "path": str(chosen.checkpoint.path)}
+                error = chosen.message if chosen.why == "refused" else None
             choice, error = distributed.broadcast((choice, error))
             if error:
                 raise CheckpointError(error)

@@ -8,10 +8,11 @@ the fingerprint's hash) holding::
     meta.json    fingerprint, MLflow run id, epoch / batch / step, the metric history so far, the
                  best epoch, the size and sha256 of state.pt; written last
 
-It is written under a temporary name (``.<name>.tmp-<pid>``), every file and the directory fsync'ed,
-then renamed into place and the parent fsync'ed: a process killed at any instant leaves either the
+It is written under a temporary name and swapped into place by :func:`toptune.io.atomic.swap_dir`
+(every file, the directory and its parent fsync'ed): a process killed at any instant leaves either the
 previous checkpoints or a complete new one, never a directory that looks complete and is not. The
 temporary directories of dead processes are cleared at the next write (:mod:`toptune.io.debris`).
+``state_sha256`` is :func:`toptune.io.hashing.file_sha256`'s.
 """
 
 from __future__ import annotations
@@ -26,17 +27,13 @@ from pathlib import Path
 
 import torch
 
-from toptune.config import ConfigError
-from toptune.io.atomic import fsync_path
+from toptune.errors import CheckpointError
+from toptune.io.atomic import swap_dir, temp_path
 from toptune.io.debris import clear_debris
+from toptune.io.hashing import file_sha256
 
 STATE = "state.pt"
 META = "meta.json"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be used; the message says why in one line (a ``ConfigError``: it is
-    ``training.resume``'s choice that cannot be honoured, and ``kedro run`` prints it as one line)."""
 
 
 @dataclass
@@ -55,14 +52,9 @@ class Checkpoint:
         f = self.path / STATE
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no {STATE}")
-        if f.stat().st_size != self.meta["state_bytes"] or _sha256(f) != self.meta["state_sha256"]:
+        if f.stat().st_size != self.meta["state_bytes"] or file_sha256(f) != self.meta["state_sha256"]:
             raise CheckpointError(f"checkpoint {self.path}: {STATE} does not match its meta.json (truncated or altered)")
         return torch.load(f, map_location="cpu", weights_only=True)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def job_key(fingerprint: dict) -> str:
@@ -74,20 +66,15 @@ def write(directory: Path, name: str, state: dict, meta: dict) -> Checkpoint:
     """Write ``state`` (tensors) and ``meta`` as checkpoint ``directory/name``, atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     clear_debris(directory, own_pid=os.getpid())
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    final = directory / name
+    tmp = temp_path(final)
     tmp.mkdir()
     torch.save(state, tmp / STATE)
-    meta = {**meta, "state_bytes": (tmp / STATE).stat().st_size, "state_sha256": _sha256(tmp / STATE),
+    meta = {**meta, "state_bytes": (tmp / STATE).stat().st_size, "state_sha256": file_sha256(tmp / STATE),
             "created": time.time()}
     (tmp / META).write_text(json.dumps(meta, indent=1))
-    for f in (tmp / STATE, tmp / META, tmp):
-        fsync_path(f)
-    final = directory / name
-    if final.exists():  # the same step written again after a resume: the same state, replace it
-        shutil.rmtree(final)
-    tmp.rename(final)
-    fsync_path(directory)
-    return Checkpoint(final, meta)
+    # The same step written again after a resume holds the same state: the swap replaces it.
+    return Checkpoint(swap_dir(tmp, final), meta)
 
 
 def read(path: str | Path) -> Checkpoint:
