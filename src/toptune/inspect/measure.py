@@ -47,7 +47,7 @@ def prefix_keys(report: dict) -> list[str]:
 
 def _param_blocks(model: nn.Module) -> dict[int, str]:
     """``id(parameter)`` → block key."""
-    out = {}
+    out: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         key = block_of(name.rpartition(".")[0])
         if key is not None:
@@ -61,7 +61,8 @@ class _BlockTracker(TorchFunctionMode):
 
     def __init__(self, current: list[str], param_block: dict[int, str]):
         super().__init__()
-        self.current, self.param_block, self.owner = current, param_block, {}
+        self.current, self.param_block = current, param_block
+        self.owner: dict[torch.autograd.graph.Node, str] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

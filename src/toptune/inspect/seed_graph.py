@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,16 @@ def adjacency(root) -> dict[str, dict]:
             for n in nodes}
 
 
+def _kept_in(saved: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """A pack hook that saves each tensor unchanged and records it in ``saved``."""
+
+    def pack(t: Tensor) -> Tensor:
+        saved.append(t)
+        return t
+
+    return pack
+
+
 def seed_table(seed: int = 0) -> dict[str, dict]:
     """Cases A (nothing), B (``fc1.weight.requires_grad=False``), C (``no_grad`` + ``detach``) of the
     seed: node names, adjacency, whether fc1's matmul is in the graph, and what is saved for backward."""
@@ -57,7 +68,7 @@ def seed_table(seed: int = 0) -> dict[str, dict]:
         if case == "B":
             net.fc1.weight.requires_grad_(False)
         saved: list[Tensor] = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(_kept_in(saved), lambda t: t):
             if case == "C":
                 with torch.no_grad():
                     h = torch.relu(net.fc1(x))  # (1, 2), no graph

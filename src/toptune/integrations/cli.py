@@ -29,7 +29,7 @@ ERROR_LOGGER = "toptune.errors"
 """Logger of those traces: a file handler only (never the terminal)."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     out: list[BaseException] = []
     while exc is not None and exc not in out:
         out.append(exc)

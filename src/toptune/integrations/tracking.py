@@ -87,7 +87,7 @@ def http_failure(status: int, experiment: str, action: str) -> str:
     return f"answered HTTP {status}"
 
 
-def unreachable(error: Exception, timeout: tuple[float, float]) -> str:
+def unreachable(error: BaseException, timeout: tuple[float, float]) -> str:
     """The cause of a request that got no answer, in words (requests' own message is a paragraph).
 
     ``timeout``: the request's (connect, read) seconds. With no retry left, urllib3 reports a read timeout
@@ -217,7 +217,7 @@ class TrackingServerHooks:
             if lost is None:
                 raise
             result = None
-        if lost is not None:
+        if lost is not None and self._uri is not None:
             raise failure(self._uri, lost, self._experiment) from error
         return result
 

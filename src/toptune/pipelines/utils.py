@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
-def metric_items(values: dict[str, float | int], step: int = 0) -> dict[str, dict]:
+def metric_items(values: Mapping[str, float], step: int = 0) -> dict[str, dict]:
     """``{"name": {"value": v, "step": step}}`` for ``MlflowMetricsHistoryDataset``."""
     return {k: {"value": float(v), "step": step} for k, v in values.items()}
 

@@ -13,7 +13,9 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor, nn
+from peft import PeftModel
+from torch import Tensor
+from transformers import PreTrainedModel
 
 from toptune.prefix.forward import forward_logits, stock_logits
 
@@ -43,7 +45,7 @@ class ForwardSplitCheck:
 
 
 @torch.no_grad()
-def check_forward_split(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
+def check_forward_split(model: PeftModel | PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
                         autocast=None) -> ForwardSplitCheck:
     """Logits of the stock forward and of the forward split on one batch, in eval mode (no dropout); raises
     :class:`ForwardSplitMismatch` with one line naming the model type and the difference above tolerance."""

@@ -25,6 +25,8 @@ import copy
 from torch import Tensor, nn
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
+from toptune.model.load import Decoder
+
 _VIEWS = "_toptune_views"
 
 
@@ -41,7 +43,7 @@ def sliced_config(config, start: int, stop: int):
     return out
 
 
-def block_view(inner: nn.Module, start: int, stop: int, final_norm: bool) -> nn.Module:
+def block_view(inner: Decoder, start: int, stop: int, final_norm: bool) -> nn.Module:
     """The backbone ``inner`` restricted to blocks ``[start, stop)``; without ``final_norm`` its output is
     the residual stream entering block ``stop``. Shares every weight with ``inner``."""
     views = inner.__dict__.setdefault(_VIEWS, {})

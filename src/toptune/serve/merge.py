@@ -129,7 +129,7 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict
     merged.config.id2label = {int(k): v for k, v in id2label.items()}
     merged.config.label2id = {v: int(k) for k, v in id2label.items()}
     check = {}
-    if before is not None:
+    if check_input_ids and before is not None:
         diff = float(np.abs(logits_of(merged, check_input_ids, tok.pad_token_id, batch_size) - before).max())
         check = {"merge_check_rows": float(len(check_input_ids)), "merge_max_abs_diff": diff}
         if diff > atol:

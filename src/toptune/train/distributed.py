@@ -90,12 +90,12 @@ def in_turn(fn: Callable[[], T]) -> T:
     find it done; on a machine-local disk, each machine's first process writes that machine's copy.
     Every process must call it at the same point. In one process: just ``fn()``."""
     turn = 0 if is_main() else 1 if local_rank() == 0 else 2
-    result = None
+    result: list[T] = []
     for t in range(3 if world() > 1 else 1):
         if t == turn:
-            result = fn()
+            result.append(fn())
         barrier()
-    return result
+    return result[0]
 
 
 def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
@@ -117,11 +117,13 @@ def reduce_gradients(params: Sequence[torch.nn.Parameter], losses: Sequence[Tens
     gradient: it contributes zeros. In one process: the losses as floats, nothing else."""
     if world() <= 1:
         return [float(x) for x in losses]
+    grads = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    packed = torch.stack(list(losses)).to(params[0].grad.device)  # (micro-batches,)
-    all_reduce_sum_([*(p.grad for p in params), packed])
+        grads.append(p.grad)
+    packed = torch.stack(list(losses)).to(grads[0].device)  # (micro-batches,)
+    all_reduce_sum_([*grads, packed])
     return packed.tolist()
 
 

@@ -35,7 +35,8 @@ def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str],
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     check_split(clf, tokenised["train"], cfg.training.batch_size)  # before any cache is built: stops a run that cannot split
     training, choice = resolve_prefix_mode(clf, tokenised, cfg.training)
-    summary, metrics = {"prefix_mode": training.prefix_mode}, {"used": int(training.prefix_mode == "cache")}
+    summary = {"prefix_mode": training.prefix_mode}
+    metrics: dict[str, float] = {"used": int(training.prefix_mode == "cache")}
     if choice is not None:
         summary.update(choice.summary())
         metrics.update(compute_tokens_per_second=choice.compute_tokens_per_second,

@@ -25,6 +25,7 @@ def prepare(raw_data, data_params: dict) -> tuple[pd.DataFrame, dict[str, str], 
     dropped = {k: v for k, v in prepared.quality.items() if k.startswith("dropped_") and v}
     log.info("data: %d rows in, %d valid; dropped %s", prepared.quality["rows_in"], prepared.quality["rows_valid"], dropped or "none")
     id2label = label_map(prepared.table["label"])
+    assert prepared.examples is not None  # prepare_table always keeps them
     examples = json.loads(prepared.examples.to_json(orient="records"))  # plain JSON types
     return prepared.table, {str(k): v for k, v in id2label.items()}, metric_items(prepared.quality), examples
 

@@ -19,6 +19,7 @@ def merge_model(adapter: str, export_params: dict) -> tuple[MergedCheckpoint, di
     bundle's example rows."""
     cfg = from_dict(ExportConfig, export_params, "export")
     merged = export_bundle(adapter, cfg.check_rows, cfg.merge_atol)
+    assert merged.bundle is not None  # export_bundle carries the adapter's manifest over
     log.info("merged adapter %s into %s: %s", adapter, merged.bundle.base_model, merged.check or "not checked")
     return merged, metric_items(merged.check)
 
