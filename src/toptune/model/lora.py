@@ -25,7 +25,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import transformers_weight_conversion as conversion
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import PreTrainedModel
 
 from toptune.config import ConfigError, LoraSettings
 from toptune.model.load import backbone
