@@ -50,7 +50,7 @@ def run_bench(bc: BenchConfig, tiny: bool = True) -> dict:
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     """(the bench's config, whether to run the tiny model's bench) from command-line flags."""
     bc, g = BenchConfig(), GpuBenchConfig()
-    p = argparse.ArgumentParser(prog="toptune.integrations.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toptune.integrations.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=bc.num_layers, help="blocks of the tiny Qwen3")
     p.add_argument("--trainable-layers", type=int, default=bc.trainable_layers, help="trainable top blocks (K)")
     p.add_argument("--epochs", type=int, default=bc.training.epochs)

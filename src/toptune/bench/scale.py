@@ -178,7 +178,8 @@ def run_scale(sc: ScaleConfig, log=print) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> ScaleConfig:
     sc = ScaleConfig()
-    p = argparse.ArgumentParser(prog="toptune.integrations.bench_scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toptune.integrations.bench_scale",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--base-rows", type=int, default=sc.base_rows, help="rows at 1x (first N of the bundled table)")
     p.add_argument("--multiples", default=",".join(map(str, sc.shapes[0].multiples)), help="of the 12-block model")
     p.add_argument("--deep-multiples", default=",".join(map(str, sc.shapes[1].multiples)),

@@ -38,7 +38,7 @@ from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import (
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe")
 """Tested families (top-level ``model_type`` of a hub config). Other model types are tried, not refused:
-they train only if the split check passes."""
+they train only if the forward split check passes."""
 TEXT_MODEL_TYPES = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
 """Composite families → the model type of their language model."""
 
@@ -53,7 +53,8 @@ class Qwen3_5MoeTextForSequenceClassification(GenericForSequenceClassification, 
     for the dense Qwen3.5."""
 
     config_class = Qwen3_5MoeTextConfig
-    input_modalities = ("text",)
+    # A tuple, as transformers' own Qwen3.5 classes write it (PreTrainedModel annotates str | list[str]).
+    input_modalities = ("text",)  # type: ignore[assignment]
 
 
 _registered = False

@@ -4,7 +4,7 @@
 (seeded) ``score`` head. Qwen3.5 checkpoints are vision + language models: only the language model is
 built (the config's ``get_text_config()``), and transformers' checkpoint conversion maps its weights out of
 ``model.language_model.*`` (:mod:`toptune.model.families`). Model types outside the tested families are tried,
-not refused: the run's split check decides whether they train.
+not refused: the run's forward split check decides whether they train.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def load_classifier(
     """
     config = text_config(name_or_path)
     if not families.is_tested(config.model_type):
-        log.warning("model type %r is not one of toptune's tested families (%s): it trains only if the split "
+        log.warning("model type %r is not one of toptune's tested families (%s): it trains only if the forward split "
                     "check passes", config.model_type, ", ".join(families.SUPPORTED_MODEL_TYPES))
     config.num_labels = len(id2label)
     config.id2label = {int(k): v for k, v in id2label.items()}

@@ -10,7 +10,7 @@ back through the same ``from_pretrained`` path a real checkpoint takes:
     qwen3_5, qwen3_5_moe          ``*ForConditionalGeneration``: a (tiny) vision tower + the language model
                                   under ``model.language_model`` (Qwen3.5 / 3.6 / 3.8)
 
-The shapes are small but keep every feature the split must respect: grouped-query attention, Qwen2's q/k/v
+The shapes are small but keep every feature the forward split must respect: grouped-query attention, Qwen2's q/k/v
 biases and sliding-window layers (``layer_types`` mixes full and sliding), a dense MLP block among MoE blocks
 (qwen3_moe's ``mlp_only_layers``), hybrid ``layer_types`` (3 of 4 blocks linear attention), M-RoPE.
 """
@@ -141,7 +141,10 @@ def tiny_config(spec: TinyQwenSpec):
     if t == "qwen2_moe":
         return tf.Qwen2MoeConfig(shared_expert_intermediate_size=spec.intermediate_size, **_moe_kwargs(spec), **text)
     if t == "qwen3_moe":
-        return tf.Qwen3MoeConfig(head_dim=spec.head_dim, mlp_only_layers=[spec.num_layers - 1], **_moe_kwargs(spec), **text)
+        # head_dim: an attribute the model reads, though not among the config class's declared fields
+        return tf.Qwen3MoeConfig(  # type: ignore[call-arg]
+            head_dim=spec.head_dim, mlp_only_layers=[spec.num_layers - 1], **_moe_kwargs(spec), **text
+        )
     if t == "qwen3_next":
         return tf.Qwen3NextConfig(shared_expert_intermediate_size=spec.intermediate_size, **_moe_kwargs(spec),
                                   **_linear_attention_kwargs(spec), **text)

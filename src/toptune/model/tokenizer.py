@@ -169,11 +169,11 @@ def ensure_qwen_tokenizer(out_dir: str | Path, family: str = "qwen2") -> Path:
     return out_dir
 
 
-def checkpoint_model_type(checkpoint_dir: str | Path) -> str:
-    """``model_type`` of a checkpoint directory's config.json (composite configs keep it at top level)."""
-    config = Path(checkpoint_dir) / "config.json"
+def declared_model_type(model_dir: str | Path) -> str:
+    """``model_type`` of a model directory's config.json (composite configs keep it at top level)."""
+    config = Path(model_dir) / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{checkpoint_dir}: no tokenizer files and no config.json to choose a tokenizer family from")
+        raise FileNotFoundError(f"{model_dir}: no tokenizer files and no config.json to choose a tokenizer family from")
     model_type = json.loads(config.read_text()).get("model_type")
     if not model_type:
         raise ValueError(f"{config}: no model_type, so no tokenizer family can be chosen")
@@ -192,7 +192,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """
     path = Path(name_or_path)
     if path.is_dir() and not any((path / f).is_file() for f in _SHIPPED_TOKENIZER_FILES):
-        family = tokenizer_family(checkpoint_model_type(path))
+        family = tokenizer_family(declared_model_type(path))
         log.info("%s ships no tokenizer: building the %s tokenizer into it", path, family)
         ensure_qwen_tokenizer(path, family)
     if path.is_dir() and _declared_class(path) in _PLAIN_CLASSES:
@@ -204,7 +204,7 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _declared_class(checkpoint_dir: Path) -> str | None:
+def _declared_class(model_dir: Path) -> str | None:
     """``tokenizer_class`` named by the directory's tokenizer_config.json, if any."""
-    config = checkpoint_dir / "tokenizer_config.json"
+    config = model_dir / "tokenizer_config.json"
     return json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None

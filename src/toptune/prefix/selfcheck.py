@@ -1,4 +1,4 @@
-"""The forward split checks itself on the user's checkpoint: stock forward vs split forward on the run's first batch.
+"""The forward split checks itself on the user's checkpoint: stock forward vs forward split on the run's first batch.
 
 Tests hold the forward split to the stock forward on tiny checkpoints of every family; a real checkpoint (or a
 model type nobody tested) gets the same check before any training or cache build, on its own weights
