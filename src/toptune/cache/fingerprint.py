@@ -60,7 +60,7 @@ def _update_tensor(h, t: Tensor) -> None:
         h.update(b"device-digest" + device_digest(t))
         return
     t = t.detach().contiguous()
-    h.update(memoryview(t.view(torch.uint8).numpy()))  # no copy
+    h.update(t.view(torch.uint8).numpy().data)  # no copy
 
 
 def model_weights_hash(model: nn.Module, first: int) -> str:
@@ -77,7 +77,7 @@ def model_weights_hash(model: nn.Module, first: int) -> str:
         for name, t in sorted(module.state_dict().items()):
             h.update(f"{prefix}.{name}".encode())
             _update_tensor(h, t)
-    _update_tensor(h, inner.rotary_emb.inv_freq)
+    _update_tensor(h, inner.rotary_emb.get_buffer("inv_freq"))
     return h.hexdigest()
 
 

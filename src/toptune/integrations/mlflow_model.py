@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import toptune
 from toptune.config import ExportConfig
@@ -40,10 +40,11 @@ def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], 
     ``batch_size``."""
     cols = [c for c in [serving.id_column, *template_columns(serving.text_template)] if c and c in example.columns]
     inferred = infer_signature(example[cols]).inputs.inputs if cols and len(example) else []
-    inputs = [ColSpec(c.type, c.name, required=False) for c in inferred]
+    inputs: list[ColSpec | TensorSpec] = [ColSpec(c.type, c.name, required=False) for c in inferred]
     if TEXT_COLUMN not in cols:
         inputs.append(ColSpec("string", TEXT_COLUMN, required=False))
-    outputs = [ColSpec("string", "id"), ColSpec("string", "label")] + [ColSpec("float", f"prob_{c}") for c in labels]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "id"), ColSpec("string", "label")]
+    outputs += [ColSpec("float", f"prob_{c}") for c in labels]
     params = ParamSchema([ParamSpec("bad_rows", "string", cfg.bad_rows), ParamSpec("batch_size", "long", cfg.batch_size)])
     return ModelSignature(Schema(inputs), Schema(outputs), params)
 
@@ -91,8 +92,9 @@ def log_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig,
     logged_to = "training_run" if run_id else "export_run"
     own_run = None
     if run_id is None:
-        own_run = None if active else mlflow.start_run(run_name="export")
-        run_id = (active or own_run).info.run_id
+        run = active or mlflow.start_run(run_name="export")
+        own_run = None if active else run
+        run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         local = save_pyfunc(merged_dir, example, cfg, Path(tmp) / MODEL_ARTIFACT_PATH)
         client.log_artifacts(run_id, str(local), MODEL_ARTIFACT_PATH)
