@@ -5,7 +5,7 @@ from toptune.train import distributed
 
 leave_log_file_to_rank_zero()  # under torchrun, before the imports below log anything
 
-from toptune.integrations.guards import GuardHooks  # noqa: E402
+from toptune.integrations.guards import GuardHooks, ToptuneContext  # noqa: E402
 from toptune.integrations.hooks import ToptuneHooks  # noqa: E402
 from toptune.integrations.resume import ResumableMlflowHook  # noqa: E402
 from toptune.integrations.tracking import TrackingServerHooks  # noqa: E402
@@ -16,6 +16,8 @@ from toptune.integrations.tracking import TrackingServerHooks  # noqa: E402
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its metadata name, and the PyPI spelling
 HOOKS = (RankHooks(), ToptuneHooks(), GuardHooks(),
          *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()))
+
+CONTEXT_CLASS = ToptuneContext  # parameters reach the nodes typed by GuardHooks, not by Kedro itself
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from toptune.config import DataConfig, LoraSettings
+from toptune.config import DataConfig, ExportConfig, LoraSettings
 from toptune.model.load import load_classifier
 from toptune.model.lora import add_adapters
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import Bundle, base_identity, write_bundle
-from toptune.serve.merge import ExportConfig, export_bundle
+from toptune.serve.merge import export_bundle
 from toptune.serve.predict import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
+from toptune.config import DataConfig, Device, Dtype, LoraSettings, ModelConfig, PrefixMode, TrainingConfig
 from toptune.data.table import label_map, prepare_table, split_table
 from toptune.data.tokens import Encoded, encode_splits
 from toptune.model.tokenizer import load_tokenizer
@@ -46,7 +46,7 @@ class GpuBenchConfig:
 
     enabled: bool = True
     """Run it when ``device`` is available (``make bench`` on a machine without CUDA skips it)."""
-    device: str = "cuda"
+    device: Device = "cuda"
     """Where it runs; ``cpu`` only for the test that runs the same code at a tiny shape."""
     spec: dict = field(default_factory=lambda: dict(QWEN3_4B_SHAPE))
     """``TinyQwenSpec`` fields of the random-weight checkpoint."""
@@ -98,7 +98,7 @@ class BenchConfig:
     def model_path(self) -> str:
         return self.model_dir or f"data/06_models/tiny-qwen3-{self.num_layers}l-bench"
 
-    def train_cfg(self, mode: str, **changes) -> TrainingConfig:
+    def train_cfg(self, mode: PrefixMode, **changes) -> TrainingConfig:
         """The shared recipe in prefix mode ``mode``."""
         return dataclasses.replace(self.training, prefix_mode=mode, **changes)
 
@@ -134,7 +134,7 @@ def bench_table(bc: BenchConfig) -> pd.DataFrame:
     return prepare_table(pd.read_csv(bc.data_path), DataConfig(sample_rows=bc.sample_rows)).table
 
 
-def prepare_setup(bc: BenchConfig, model_path: str, table: pd.DataFrame | None = None, dtype: str = "auto") -> Setup:
+def prepare_setup(bc: BenchConfig, model_path: str, table: pd.DataFrame | None = None, dtype: Dtype = "auto") -> Setup:
     """Split and tokenise ``table`` (default: the bundled one) once, with the default pipeline's split and seed."""
     tok = load_tokenizer(model_path)
     table = bench_table(bc) if table is None else table

@@ -12,14 +12,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from toptune.config import DataConfig
+from toptune.errors import DataValidationError
 
 SPLITS = ("train", "val", "test")
 EXAMPLE_ROWS = 64
 """Valid rows of the raw table kept with the model (export's merge check, the served model's input example)."""
-
-
-class DataValidationError(ValueError):
-    """The table cannot be used as configured; the message names the column / row / parameter."""
 
 
 def template_columns(template: str) -> list[str]:

@@ -43,7 +43,6 @@ from toptune.inspect.measure import (
 )
 from toptune.inspect.modes import (
            MODES,
-           InspectConfig,
            cache_batch,
            inspect_modes,
            precomputed_prefix,
@@ -56,7 +55,7 @@ from toptune.inspect.report import (
 )
 from toptune.inspect.seed_graph import format_seed_table, seed_table
 
-__all__ = ["MODES", "InspectConfig", "BlockShape", "StepMeasure", "seed_table", "format_seed_table", "inspect_modes",
+__all__ = ["MODES", "BlockShape", "StepMeasure", "seed_table", "format_seed_table", "inspect_modes",
            "measure_step", "estimate_top_k", "estimate_report", "block_saved_bytes", "shape_of", "block_keys", "block_of",
            "prefix_keys", "format_table", "saved_bytes_figure", "block_diagram_figure", "metrics_of", "cache_batch",
            "precomputed_prefix"]

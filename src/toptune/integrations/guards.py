@@ -1,11 +1,16 @@
 """Project hooks that keep bad input from doing work, and faults from leaving a mix or debris behind.
 
-Before any node runs (and before kedro-mlflow opens its run): every parameter group, key, type and
-range is checked (:func:`toptune.model.preflight.check_groups`), the project lock is taken (one run at a time;
-only rank 0 of a ``torchrun`` job), debris of dead processes is cleared, the model's source and
-``model.trainable_layers`` are checked against the checkpoint's ``config.json``, and, when the
-pipeline prepares the raw table, the table is validated and its split sizes checked (the table is
-loaded once: the node gets the same object).
+Before any node runs (and before kedro-mlflow opens its run): the parameters are parsed, once, into typed
+configs (:func:`toptune.config.parse_params`: every group, key, type and range; the first bad one fails in
+one line), the project lock is taken (one run at a time; only rank 0 of a ``torchrun`` job), debris of dead
+processes is cleared, the model's source and ``model.trainable_layers`` are checked against the
+checkpoint's ``config.json``, and, when the pipeline prepares the raw table, the table is validated and
+its split sizes checked (the table is loaded once: the node gets the same object).
+
+Each node then gets the typed config of every ``params:<group>`` input it names (``before_node_run`` may
+return inputs that replace the loaded ones: Kedro's own way to hand a node other inputs), so nodes never
+parse; the other hooks read the same :class:`toptune.config.RunConfig` from the catalog (``RUN_CONFIG``).
+kedro-mlflow still logs the parameters as Kedro loaded them (it sees the inputs before the replacement).
 
 Once kedro-mlflow's run is open it is tagged with this host, pid and project, and MLflow runs of this
 project whose process is gone are marked KILLED. After nodes, health warnings are logged and set as
@@ -17,35 +22,27 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
+from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
-from toptune.config import (
-    DataConfig,
-    LoraSettings,
-    ModelConfig,
-    TrainingConfig,
-    from_dict,
-)
+from toptune.config import DataConfig, RunConfig, parse_params
 from toptune.data.table import check_split_sizes, prepare_table, to_frame
 from toptune.evaluate.health import short_text_warnings, training_warnings
-from toptune.inspect import InspectConfig
 from toptune.integrations.datasets import commit_pending, discard_pending
 from toptune.io.debris import clear_debris, hostname, pid_alive
 from toptune.io.lock import ProjectLock, takes_lock
-from toptune.model.preflight import check_groups, check_model
-from toptune.serve.merge import ExportConfig
-from toptune.serve.predict import PredictConfig
+from toptune.model.preflight import check_model
+from toptune.train import distributed
 
 log = logging.getLogger(__name__)
 
-PARAMETER_GROUPS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "lora": LoraSettings, "training": TrainingConfig,
-    "export": ExportConfig, "predict": PredictConfig, "inspect": InspectConfig,
-}
-"""Every parameter group and its dataclass: a group not named here is refused (a misspelt ``trainig``)."""
+RUN_CONFIG = "run_config"
+"""The catalog entry (in memory) holding this run's parsed :class:`toptune.config.RunConfig`."""
 DEBRIS_DIRS = ("data/04_feature", "data/06_models")
 """Where runs stage bundles and tokenised splits (besides ``training.cache_dir``'s parent)."""
 TAG_HOST, TAG_PID, TAG_PROJECT = "toptune.host", "toptune.pid", "toptune.project"
@@ -62,7 +59,8 @@ def preflight_table(catalog, cfg: DataConfig) -> None:
     table = prepare_table(to_frame(raw), cfg).table
     check_split_sizes(table["label"].value_counts().to_dict(), cfg)
     quiet = logging.getLogger("kedro.io.data_catalog")
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # its "Replacing dataset" warning is expected here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "Replacing dataset" warning is expected here
     try:
         catalog["raw_data"] = MemoryDataset(raw, copy_mode="assign")
     finally:
@@ -82,6 +80,21 @@ def mark_dead_runs(experiment_id: str, project: str, keep: str) -> list[str]:
     return killed
 
 
+class ToptuneContext(KedroContext):
+    """Kedro's context, with the parameters handed on as configured (settings' ``CONTEXT_CLASS``).
+
+    Kedro 1.7 itself instantiates a node's ``params:`` input whose annotation is a dataclass; then
+    kedro-mlflow would log ``training`` as one string (not ``training.lr``, …) and a bad value would fail
+    in Kedro's multi-line report. toptune parses them itself, once (:class:`GuardHooks`)."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        try:
+            return self.config_loader["parameters"]  # the configuration with --params merged in
+        except MissingConfigException:
+            return self._runtime_params or {}
+
+
 class GuardHooks:
     """Checks before work, the project lock, run tags, health warnings and the bundle's commit."""
 
@@ -90,24 +103,36 @@ class GuardHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        configs = check_groups(catalog.load("parameters") or {}, PARAMETER_GROUPS)
+        cfg = parse_params(catalog.load("parameters"))
+        catalog[RUN_CONFIG] = MemoryDataset(cfg, copy_mode="assign")
+        if distributed.world() > 1:  # the global batch must split over the processes: say so before any work
+            distributed.check_divides(cfg.training.batch_size)
         project = Path(run_params["project_path"])
         if takes_lock():
             self._lock = ProjectLock(project)
             self._lock.acquire("kedro run --pipelines " + ",".join(run_params.get("pipeline_names") or ["__default__"]))
         try:
-            training = configs.get("training") or TrainingConfig()
-            for parent in {project / d for d in DEBRIS_DIRS} | {(project / training.cache_dir).parent}:
+            for parent in {project / d for d in DEBRIS_DIRS} | {(project / cfg.training.cache_dir).parent}:
                 for line in clear_debris(parent, own_pid=os.getpid()) if takes_lock() else []:
                     log.info("debris of a dead run: %s", line)
             used = node_inputs(pipeline)
             if "params:model" in used:
-                check_model(configs.get("model") or ModelConfig())
+                check_model(cfg.model)
             if {"raw_data", "params:data"} <= used and "prepare_table" in {n.name for n in pipeline.nodes}:
-                preflight_table(catalog, configs.get("data") or DataConfig())
+                preflight_table(catalog, cfg.data)
         except Exception:
             self._release()
             raise
+
+    @hook_impl
+    def before_node_run(self, node, catalog) -> dict | None:
+        """The node's ``params:<group>`` inputs as this run's typed configs (``params:training`` → its
+        :class:`toptune.config.TrainingConfig`)."""
+        groups = [name for name in node.inputs if name.startswith("params:")]
+        if not groups:
+            return None
+        cfg: RunConfig = catalog.load(RUN_CONFIG)
+        return {name: getattr(cfg, name.removeprefix("params:")) for name in groups}
 
     @hook_impl(specname="before_pipeline_run", trylast=True)
     def tag_run(self, run_params: dict) -> None:
@@ -124,12 +149,12 @@ class GuardHooks:
     def after_node_run(self, node, inputs: dict, outputs: dict) -> None:
         warnings = {}
         if node.name == "split_and_tokenise":
-            data = from_dict(DataConfig, inputs["params:data"], "data")
-            max_length = from_dict(TrainingConfig, inputs["params:training"], "training").max_length
+            data, max_length = inputs["params:data"], inputs["params:training"].max_length  # typed configs
             sizes = {name: (len(enc), enc.truncated) for name, enc in outputs["tokenised"].items()}
             warnings = short_text_warnings(sizes, max_length, data.min_text_tokens, data.short_text_share)
         elif node.name == "train_model":
-            warnings = training_warnings(outputs["train_summary"], inputs["tokenised"]["val"].labels, len(inputs["label_map"]))
+            val_labels, classes = inputs["tokenised"]["val"].labels, len(inputs["label_map"])
+            warnings = training_warnings(outputs["train_summary"], val_labels, classes)
         for name, message in warnings.items():
             log.warning("%s", message)
             if mlflow.active_run() is not None:

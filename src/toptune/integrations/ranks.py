@@ -14,7 +14,6 @@ import logging
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
-from toptune.config import TrainingConfig, from_dict
 from toptune.train import distributed
 
 QUIET_LOGGERS = ("", "kedro", "toptune")
@@ -47,9 +46,6 @@ class RankHooks:
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
-        if distributed.world() > 1:  # the global batch must split over the processes: say so before any work
-            training = (catalog.load("parameters") or {}).get("training")
-            distributed.check_divides(from_dict(TrainingConfig, training, "training").batch_size)
         if distributed.is_main():
             return
         for name in pipeline.all_outputs():

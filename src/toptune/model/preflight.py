@@ -1,32 +1,15 @@
-"""Checks of a run's parameters that need no model and no data loaded: groups and keys, types and
-ranges (from the dataclasses, :func:`toptune.config.from_dict`), the model's source on disk and
-``model.trainable_layers`` against the checkpoint's ``config.json`` (read as JSON, never loaded).
+"""Checks of a run's model that need nothing loaded: the model's source on disk and
+``model.trainable_layers`` against the checkpoint's ``config.json`` (read as JSON, never loaded). The
+parameters themselves (groups, keys, types, ranges) are parsed before this, by :func:`toptune.config.parse_params`.
 
-Each failure is a :class:`toptune.config.ConfigError` whose one-line message names the parameter.
+Each failure is a :class:`toptune.errors.ConfigError` whose one-line message names the parameter.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any
 
-from toptune.config import DEFAULT_MODEL_PATH, ConfigError, ModelConfig, from_dict
-
-
-def check_groups(params: dict[str, Any], groups: dict[str, type]) -> dict[str, Any]:
-    """Every parameter group of ``params`` built as its dataclass; an unknown group fails naming it."""
-    out = {}
-    for name in sorted(params):
-        if name not in groups:
-            close = difflib.get_close_matches(name, list(groups), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown parameter group '{name}'{hint}; known groups: {', '.join(sorted(groups))}")
-        value = params[name]
-        if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"parameter group '{name}' must be a mapping of keys, not {value!r}")
-        out[name] = from_dict(groups[name], value, name)
-    return out
+from toptune.config import DEFAULT_MODEL_PATH, ConfigError, ModelConfig
 
 
 def is_local_path(name_or_path: str) -> bool:
@@ -36,8 +19,8 @@ def is_local_path(name_or_path: str) -> bool:
             or name_or_path.count("/") >= 2)
 
 
-def checkpoint_layers(name_or_path: str) -> int | None:
-    """Decoder blocks of the checkpoint, read from its ``config.json`` (a composite config keeps them in
+def base_checkpoint_num_blocks(name_or_path: str) -> int | None:
+    """Decoder blocks of the base checkpoint, read from its ``config.json`` (a composite config keeps them in
     ``text_config``); None for a hub id with no local copy (checked when it loads).
 
     Fails naming ``model.name_or_path`` for a local path that does not exist, has no ``config.json``,
@@ -45,7 +28,7 @@ def checkpoint_layers(name_or_path: str) -> int | None:
     """
     from toptune.serve.bundle import (
         BundleError,
-        checkpoint_dir,
+        base_checkpoint_dir,
         read_config,
         weight_files,
     )
@@ -54,7 +37,7 @@ def checkpoint_layers(name_or_path: str) -> int | None:
         from toptune.model.tiny import TinyQwenSpec
 
         return TinyQwenSpec().num_layers  # the embedded default, written on first use
-    local = checkpoint_dir(name_or_path)
+    local = base_checkpoint_dir(name_or_path)
     if local is None:
         if is_local_path(name_or_path):
             raise ConfigError(f"model.name_or_path={name_or_path}: no such directory")
@@ -69,7 +52,7 @@ def checkpoint_layers(name_or_path: str) -> int | None:
 
 def check_model(cfg: ModelConfig) -> list[int] | None:
     """The trainable block indices, checked against the checkpoint (None when it is not on disk yet)."""
-    n = checkpoint_layers(cfg.name_or_path)
+    n = base_checkpoint_num_blocks(cfg.name_or_path)
     if n is None:
         return None
     try:

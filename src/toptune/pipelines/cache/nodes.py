@@ -12,29 +12,29 @@ from toptune.cache import (
     prepare_cache,
     resolve_prefix_mode,
 )
-from toptune.config import RunConfig
+from toptune.config import LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.train.recipe import build_classifier, check_split
+from toptune.train.recipe import build_classifier, check_forward_split
 
 log = logging.getLogger(__name__)
 
 
-def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict,
-                       lora_params: dict, training_params: dict) -> tuple[dict, dict]:
+def build_prefix_cache(tokenised: dict[str, Encoded], label_map: dict[str, str], model: ModelConfig,
+                       lora: LoraSettings, training: TrainingConfig) -> tuple[dict, dict]:
     """Resolve ``training.prefix_mode: auto`` (measure, decide: cache or no_grad) and, in cache mode,
     build the prefix cache at ``training.cache_dir`` (or reuse it when its fingerprint matches).
     Returns the summary (``prefix_mode`` as resolved, and for ``auto`` why, with the two measured
     rates; the cache's path, status, bytes, build seconds, fingerprint) and metrics (the rates,
     ``used``, bytes, reuse, build seconds, the train batches' padding share without and with length
     bucketing). Nothing to do for ``no_grad`` / ``autograd``."""
-    cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
-    if cfg.training.prefix_mode not in ("auto", "cache"):
-        return {"status": "skipped", "prefix_mode": cfg.training.prefix_mode}, {}
-    set_seed(cfg.training.seed)
-    clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
-    check_split(clf, tokenised["train"], cfg.training.batch_size)  # before any cache is built: stops a run that cannot split
-    training, choice = resolve_prefix_mode(clf, tokenised, cfg.training)
+    if training.prefix_mode not in ("auto", "cache"):
+        return {"status": "skipped", "prefix_mode": training.prefix_mode}, {}
+    set_seed(training.seed)
+    clf = build_classifier(model, lora, id2label_from_json(label_map), training.seed, training.device)
+    # before any cache is built: stops a run whose model cannot split
+    check_forward_split(clf, tokenised["train"], training.batch_size)
+    training, choice = resolve_prefix_mode(clf, tokenised, training)  # auto decided
     summary = {"prefix_mode": training.prefix_mode}
     metrics: dict[str, float] = {"used": int(training.prefix_mode == "cache")}
     if choice is not None:

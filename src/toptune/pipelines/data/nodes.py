@@ -7,21 +7,20 @@ import logging
 
 import pandas as pd
 
-from toptune.config import DataConfig, ModelConfig, TrainingConfig, from_dict
+from toptune.config import DataConfig, ModelConfig, TrainingConfig
 from toptune.data.table import label_map, prepare_table, split_table, to_frame
 from toptune.data.tokens import Encoded, encode_splits
 from toptune.model.tokenizer import load_tokenizer
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.train.recipe import resolve_model_path
+from toptune.train.recipe import resolve_base_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def prepare(raw_data, data_params: dict) -> tuple[pd.DataFrame, dict[str, str], dict, list[dict]]:
+def prepare(raw_data, data: DataConfig) -> tuple[pd.DataFrame, dict[str, str], dict, list[dict]]:
     """Validate + serialise rows; returns the table (id, text, label), the label map, the row counts
     (every drop under ``dropped_<reason>``) and a few valid raw rows (the model bundle's examples)."""
-    cfg = from_dict(DataConfig, data_params, "data")
-    prepared = prepare_table(to_frame(raw_data), cfg)
+    prepared = prepare_table(to_frame(raw_data), data)
     dropped = {k: v for k, v in prepared.quality.items() if k.startswith("dropped_") and v}
     log.info("data: %d rows in, %d valid; dropped %s", prepared.quality["rows_in"], prepared.quality["rows_valid"], dropped or "none")
     id2label = label_map(prepared.table["label"])
@@ -30,12 +29,10 @@ def prepare(raw_data, data_params: dict) -> tuple[pd.DataFrame, dict[str, str], 
     return prepared.table, {str(k): v for k, v in id2label.items()}, metric_items(prepared.quality), examples
 
 
-def tokenise(table: pd.DataFrame, label_map_json: dict[str, str], data_params: dict, model_params: dict,
-             training_params: dict) -> tuple[dict[str, Encoded], dict]:
+def tokenise(table: pd.DataFrame, label_map_json: dict[str, str], data: DataConfig, model: ModelConfig,
+             training: TrainingConfig) -> tuple[dict[str, Encoded], dict]:
     """Stratified split, then tokenise each split once with truncation at ``training.max_length``."""
-    data, model = from_dict(DataConfig, data_params, "data"), from_dict(ModelConfig, model_params, "model")
-    training = from_dict(TrainingConfig, training_params, "training")
-    tokenizer = load_tokenizer(resolve_model_path(model.name_or_path))
+    tokenizer = load_tokenizer(resolve_base_checkpoint(model.name_or_path))
     encoded = encode_splits(split_table(table, data, training.seed), tokenizer, training.max_length,
                             id2label_from_json(label_map_json))
     stats = {f"{name}_examples": len(enc) for name, enc in encoded.items()}

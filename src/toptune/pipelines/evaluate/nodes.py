@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from toptune.config import TrainingConfig, from_dict
+from toptune.config import TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.evaluate.metrics import classification_metrics, flat_metrics, report_text
 from toptune.evaluate.plots import confusion_figure
@@ -17,9 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(classifier: Classifier, tokenised: dict[str, Encoded], label_map: dict[str, str],
-             training_params: dict) -> tuple[dict, dict, str, pd.DataFrame, object]:
+             training: TrainingConfig) -> tuple[dict, dict, str, pd.DataFrame, object]:
     """Metrics on the test split: metrics.json, flat MLflow metrics, text report, predictions, confusion PNG."""
-    training = from_dict(TrainingConfig, training_params, "training")
     id2label, test = id2label_from_json(label_map), tokenised["test"]
     ev = predict(classifier, test, training.eval_batch_size)
     metrics = classification_metrics(ev.logits, ev.labels, id2label)

@@ -6,11 +6,10 @@ import logging
 
 from matplotlib.figure import Figure
 
-from toptune.config import RunConfig, from_dict
+from toptune.config import InspectConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.batches import collate
 from toptune.data.tokens import Encoded
 from toptune.inspect import (
-    InspectConfig,
     block_diagram_figure,
     cache_batch,
     format_seed_table,
@@ -22,23 +21,21 @@ from toptune.inspect import (
 )
 from toptune.model.tokenizer import load_tokenizer
 from toptune.pipelines.utils import id2label_from_json, metric_items
-from toptune.train.recipe import resolve_model_path
+from toptune.train.recipe import resolve_base_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def inspect_memory(tokenised: dict[str, Encoded], label_map: dict[str, str], model_params: dict, lora_params: dict,
-                   training_params: dict, inspect_params: dict) -> tuple[dict, dict, Figure, Figure]:
+def inspect_memory(tokenised: dict[str, Encoded], label_map: dict[str, str], model: ModelConfig, lora: LoraSettings,
+                   training: TrainingConfig, icfg: InspectConfig) -> tuple[dict, dict, Figure, Figure]:
     """Measure every mode on the first ``inspect.batch_size`` examples of ``inspect.split``; the report,
     its MLflow metrics and the two figures."""
-    cfg = RunConfig.from_params({"model": model_params, "lora": lora_params, "training": training_params})
-    icfg = from_dict(InspectConfig, inspect_params, "inspect")
     enc = tokenised[icfg.split]
     n = min(icfg.batch_size, len(enc))
-    tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path))
+    tok = load_tokenizer(resolve_base_checkpoint(model.name_or_path))
     batch = collate(enc.input_ids[:n], enc.labels[:n], tok.pad_token_id)
-    report = inspect_modes(cfg.model, cfg.lora, id2label_from_json(label_map), batch, cfg.training.seed,
-                           cfg.training.device, icfg.modes, cache_batch(tokenised, cfg.training, icfg.split, n),
+    report = inspect_modes(model, lora, id2label_from_json(label_map), batch, training.seed,
+                           training.device, icfg.modes, cache_batch(tokenised, training, icfg.split, n),
                            icfg.timing_repeats, tok)
     report["batch"]["source"] = f"first {n} examples of the {icfg.split} split"
     report["seed_table"] = seed_table()

@@ -6,16 +6,15 @@ import logging
 
 import pandas as pd
 
-from toptune.config import from_dict
+from toptune.config import PredictConfig
 from toptune.pipelines.utils import metric_items
-from toptune.serve.predict import PredictConfig, load_predictor, prepare_rows
+from toptune.serve.predict import load_predictor, prepare_rows
 
 log = logging.getLogger(__name__)
 
 
-def predict(predict_input, merged_model: str, predict_params: dict) -> tuple[pd.DataFrame, dict]:
+def predict(predict_input, merged_model: str, cfg: PredictConfig) -> tuple[pd.DataFrame, dict]:
     """Serialise each row with the bundle's template, classify in batches; bad rows per ``predict.bad_rows``."""
-    cfg = from_dict(PredictConfig, predict_params, "predict")
     predictor = load_predictor(merged_model, cfg.device)
     rows = prepare_rows(predict_input, predictor.serving, cfg.bad_rows)
     dropped = {k: v for k, v in rows.counts.items() if k.startswith("dropped_") and v}

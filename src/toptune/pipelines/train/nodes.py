@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from transformers import set_seed
 
-from toptune.config import RunConfig
+from toptune.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.model.lora import trainable_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
@@ -18,29 +18,30 @@ from toptune.train import distributed
 from toptune.train.recipe import (
     Classifier,
     build_classifier,
-    check_split,
+    check_forward_split,
     describe,
     fit,
-    resolve_model_path,
+    resolve_base_checkpoint,
     training_setup,
 )
 
 log = logging.getLogger(__name__)
 
 
-def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_params: dict, model_params: dict,
-                lora_params: dict, training_params: dict, prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
+def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data: DataConfig, model: ModelConfig,
+                lora: LoraSettings, training: TrainingConfig,
+                prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
     """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (bundled as
     the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
     the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
     them (``training.checkpoint_every``, ``training.resume``). ``prefix_cache`` (the cache node's
     summary) orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses in
     ``cache`` mode, and says what ``auto`` resolved to (a resumed run keeps its checkpoint's mode)."""
-    cfg = RunConfig.from_params({"data": data_params, "model": model_params, "lora": lora_params, "training": training_params})
+    cfg = RunConfig(data=data, model=model, lora=lora, training=training)  # what the checkpoints are fingerprinted with
     set_seed(cfg.training.seed)
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
-    check = check_split(clf, tokenised["train"], cfg.training.batch_size)
+    check = check_forward_split(clf, tokenised["train"], cfg.training.batch_size)
     log.info("split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
              check["max_abs_logit_diff"], check["rows"], check["tolerance"])
     run = mlflow.active_run()  # rank 0 only: the other processes do not track
@@ -65,16 +66,15 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data_p
     return clf, clf.model, train_history, val_history, model_facts, summary
 
 
-def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict], data_params: dict,
-                 model_params: dict, training_params: dict) -> dict:
+def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict], data: DataConfig,
+                 model: ModelConfig, training: TrainingConfig) -> dict:
     """The adapter bundle (see ``toptune.serve.bundle``): the trained PEFT model with what defines it (labels,
     template, token limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages
     it; the project hooks make it current only when the whole run succeeds."""
-    cfg = RunConfig.from_params({"data": data_params, "model": model_params, "training": training_params})
     run = mlflow.active_run()
-    bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=cfg.data.text_template,
-                    max_length=cfg.training.max_length, id_column=cfg.data.id_column, label_column=cfg.data.label_column,
+    bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=data.text_template,
+                    max_length=training.max_length, id_column=data.id_column, label_column=data.label_column,
                     trainable_layers=sorted(trainable_blocks(peft_model)),
                     mlflow_run_id=run.info.run_id if run else None,
-                    **base_identity(cfg.model.name_or_path, resolve_model_path(cfg.model.name_or_path)))
+                    **base_identity(model.name_or_path, resolve_base_checkpoint(model.name_or_path)))
     return {"model": peft_model, "bundle": bundle, "examples": pd.DataFrame(input_example)}

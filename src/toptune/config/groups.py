@@ -1,0 +1,290 @@
+"""One pydantic dataclass per parameter group of ``conf/base/parameters*.yml``: a docstring and a default per
+field (the only place the defaults live), the type and the allowed range in the annotation.
+
+Strict (``STRICT``): a string is not a number (``lr: "3e-3"`` fails), a bool is not an integer, an integer
+is a number (``lr: 1`` becomes 1.0), an unknown key is refused. Building a group validates it; a Kedro
+parameter dict becomes one through :func:`toptune.config.parse.parse_group`, which says what is wrong in
+one line naming the parameter. What no annotation can say (a template naming a column, K or a list of
+block indices) is the group's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
+
+from toptune.errors import ConfigError
+
+STRICT = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
+"""Every group's validation: no coercion but int → float, unknown keys refused, the field docstrings kept
+as the fields' descriptions (``docs/reference/parameters.md`` is written from them)."""
+
+DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
+"""Where the embedded default (seeded tiny Qwen3 + offline Qwen tokenizer) is written on first use."""
+
+PrefixMode = Literal["auto", "no_grad", "autograd", "cache"]
+PREFIX_MODES: tuple[str, ...] = typing.get_args(PrefixMode)
+"""How the frozen prefix runs (``training.prefix_mode``)."""
+MetricForBest = Literal["macro_f1", "accuracy", "loss"]
+METRICS_FOR_BEST: tuple[str, ...] = typing.get_args(MetricForBest)
+"""Validation metrics that can pick the kept epoch (``training.metric_for_best``)."""
+BadRows = Literal["drop", "error"]
+BAD_ROW_POLICIES: tuple[str, ...] = typing.get_args(BadRows)
+"""What becomes of a row with an empty or non-string text cell (``data.bad_rows``, ``predict.bad_rows``, …)."""
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+Split = Literal["train", "val", "test"]
+INSPECT_MODES = ("full", "lora_all", "topk_autograd", "topk_autograd_input_grads", "topk_no_grad", "topk_cached")
+"""The modes ``kedro run --pipeline inspect`` can measure (``inspect.modes``)."""
+
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0, lt=1)]
+HeldOut = Annotated[float, Field(gt=0, lt=0.5)]
+NonBlank = Annotated[str, Field(pattern=r"\S")]
+
+
+@dataclass(config=STRICT)
+class DataConfig:
+    """How the raw table becomes labelled text (parameters ``data.*``)."""
+
+    text_template: str = "Product: {product}\nChannel: {channel}\nReview: {review}"
+    """``str.format`` template over the table's columns; each row becomes one text."""
+    label_column: NonBlank = "sentiment"
+    """Column holding the class label (any values; the sorted distinct values become classes)."""
+    id_column: str | None = "id"
+    """Column identifying a row in predictions; None (or absent) = the row number."""
+    val_fraction: HeldOut = 0.1
+    """Share of rows held out for validation each epoch (stratified)."""
+    test_fraction: HeldOut = 0.1
+    """Share of rows held out for the final test metrics (stratified)."""
+    min_class_rows: Annotated[int, Field(ge=3)] = 10
+    """Classes with fewer rows cannot be split into train/val/test: they are dropped and counted."""
+    drop_duplicates: bool = True
+    """Drop rows whose text and label repeat an earlier row (counted); False keeps them."""
+    bad_rows: BadRows = "drop"
+    """Rows with an empty / NaN text cell, a NaN label or a non-string text cell: ``drop`` (counted,
+    logged) or ``error`` (fail naming the first bad row and column)."""
+    sample_rows: int | None = None
+    """Use about N (> 0) valid rows (quick runs, tests): the first N / classes of each class (at least
+    ``min_class_rows``); the rest is counted as ``dropped_sample_rows``. None = all."""
+    min_text_tokens: Count = 4
+    """A text cut by ``training.max_length`` to fewer tokens than this is near-empty; when more than
+    ``short_text_share`` of a split is, the run warns (log + MLflow tag ``warning.short_texts``)."""
+    short_text_share: Share = 0.1
+    """Share of a split's rows cut to near-empty (see ``min_text_tokens``) above which the run warns."""
+
+    def __post_init__(self) -> None:
+        if "{" not in self.text_template:
+            raise ConfigError("data.text_template must name at least one {column}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError("data.val_fraction + data.test_fraction must be < 0.9")
+        if self.sample_rows is not None and self.sample_rows <= 0:  # the README's bad-input table holds this line
+            raise ConfigError("data.sample_rows must be > 0 or null")
+
+
+@dataclass(config=STRICT)
+class ModelConfig:
+    """Which checkpoint, and which of its blocks train (parameters ``model.*``)."""
+
+    name_or_path: NonBlank = DEFAULT_MODEL_PATH
+    """A hub id (``Qwen/Qwen3-0.6B``) or a local directory of a Qwen2 / Qwen2.5 / Qwen3 checkpoint.
+    The default path holds the embedded seeded tiny Qwen3, written there on first use."""
+    trainable_layers: int | list[int] = 3
+    """K (train the top K blocks) or an explicit list of block indices. Blocks below the lowest
+    trainable one form the frozen prefix."""
+    dtype: Dtype = "auto"
+    """Frozen base weights' dtype: ``auto`` (bf16 on a CUDA device that supports it, fp32 on the
+    CPU), ``float32`` or ``bfloat16``. LoRA weights, the score head and the optimiser state stay
+    fp32 whatever it is (``toptune.model.precision``); on CUDA the forward runs under bf16 autocast."""
+
+    def __post_init__(self) -> None:
+        k = self.trainable_layers
+        if isinstance(k, int):
+            if k < 1:
+                raise ConfigError(f"model.trainable_layers={k} must be >= 1")
+        elif not k or min(k) < 0:
+            raise ConfigError(f"model.trainable_layers={k!r} must be an int K or a non-empty list of block indices")
+        else:
+            self.trainable_layers = sorted(set(k))
+
+    def trainable_blocks(self, num_layers: int) -> list[int]:
+        """The trainable block indices for a model of ``num_layers`` blocks."""
+        k = self.trainable_layers
+        if isinstance(k, int):
+            if k > num_layers:
+                raise ConfigError(f"model.trainable_layers={k} exceeds the model's {num_layers} blocks")
+            return list(range(num_layers - k, num_layers))
+        if max(k) >= num_layers:
+            raise ConfigError(f"model.trainable_layers has block {max(k)}; the model has blocks 0..{num_layers - 1}")
+        return list(k)
+
+
+@dataclass(config=STRICT)
+class LoraSettings:
+    """LoRA adapters on the trainable blocks (parameters ``lora.*``)."""
+
+    r: Count = 8
+    """Rank of each adapter's B·A update."""
+    alpha: Annotated[int, Field(gt=0)] = 16
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: Share = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: str | list[str] = "auto"
+    """``auto``: every linear projection of the trainable blocks' token mixers (attention q/k/v/o, Gated
+    DeltaNet ``in_proj_*`` / ``out_proj``) and MLPs (shared experts included); or a list of projection names
+    (``[q_proj, v_proj]``) inside each trainable block."""
+    experts: bool = False
+    """Also put LoRA on the routed experts of the trainable blocks (MoE families; through PEFT's
+    ``target_parameters``, on the stacked expert weights)."""
+
+    def __post_init__(self) -> None:
+        m = self.target_modules
+        if m != "auto" and (isinstance(m, str) or not m or not all(m)):
+            raise ConfigError(f"lora.target_modules={m!r} must be auto or a non-empty list of module names")
+
+
+@dataclass(config=STRICT)
+class TrainingConfig:
+    """The optimisation loop (parameters ``training.*``)."""
+
+    prefix_mode: PrefixMode = "auto"
+    """``auto`` (default): ``cache`` when it pays (more than one epoch, the cache fits on the disk,
+    and reading a cached batch is faster than computing it, both measured on the first batches),
+    else ``no_grad``; ``no_grad``: frozen prefix run without a graph; ``autograd``: the stock PEFT
+    forward, for comparison; ``cache``: prefix output computed once and reused every epoch."""
+    epochs: Count = 6
+    """Passes over the training split."""
+    batch_size: Count = 16
+    """Examples per optimiser step (before gradient accumulation)."""
+    eval_batch_size: Count = 64
+    """Examples per batch in validation, test and prediction."""
+    lr: Positive = 3e-3
+    """Peak learning rate of AdamW (adapters and score head)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: Share = 0.06
+    """Share of optimiser steps with a linear warm-up; the rest decays linearly to 0."""
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    """Gradient clipping threshold (global L2 norm); 0 disables."""
+    grad_accum_steps: Count = 1
+    """Batches whose gradients add up before one optimiser step."""
+    max_length: Count = 128
+    """Token limit per text; longer texts are truncated (and counted)."""
+    seed: int = 42
+    """Seed of the split, the score head's init, the batch order and dropout."""
+    device: Device = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    log_every: Count = 10
+    """Optimiser steps between logged training-loss points."""
+    progress: bool = True
+    """Show progress bars."""
+    cache_dir: NonBlank = "data/04_feature/prefix_cache"
+    """``prefix_mode: cache`` (or ``auto`` choosing it): where the prefix's hidden states are stored (one
+    fingerprinted cache; reused while model, block split, tokenizer, max_length, dtype and data are unchanged,
+    else rebuilt)."""
+    cache_dtype: Dtype = "auto"
+    """``prefix_mode: cache``: dtype of the stored hidden states: ``auto`` (what the prefix computes
+    in, the model weights' dtype: exact; bf16 on CUDA under ``model.dtype: auto``), ``float32`` or
+    ``bfloat16`` (half the disk of fp32, rounded; works on the CPU too)."""
+    bucket_by_length: bool = True
+    """``prefix_mode: cache``: batch examples of similar length (less padding), in a seeded random
+    batch order; false = the live modes' batches exactly."""
+    checkpoint_every: NonNegative | None = None
+    """Optimiser steps between checkpoints under ``data/06_models/checkpoints/`` (trainable weights,
+    optimizer, scheduler, RNG states, position, metric history); 0 or null: only at each epoch's end,
+    where one is always written."""
+    resume: NonBlank = "auto"
+    """``auto``: continue the newest complete checkpoint made for this configuration (and its MLflow run);
+    ``never``: start over; a checkpoint directory: continue that one, or fail saying what differs."""
+    metric_for_best: MetricForBest = "macro_f1"
+    """Validation metric that picks the epoch whose adapter is saved, exported and tested: ``macro_f1``
+    or ``accuracy`` (higher wins), ``loss`` (lower wins)."""
+    early_stopping_patience: NonNegative | None = None
+    """Stop once the best epoch lies this many epochs back; null or 0: run every epoch."""
+
+
+@dataclass(config=STRICT)
+class ExportConfig:
+    """The ``export`` pipeline (parameters ``export.*``)."""
+
+    check_rows: NonNegative = 64
+    """Example rows of the bundle on which the merged model's logits are compared with the adapter's; 0 skips."""
+    merge_atol: Positive = 1e-4
+    """Largest allowed |merged logit - adapter logit| (fp32); the export fails beyond it."""
+    registered_model_name: str | None = "toptune-classifier"
+    """Register the pyfunc model under this name when the store has a registry; null = don't."""
+    example_rows: Count = 5
+    """Example rows of the bundle saved as the pyfunc model's input example (and used to infer the signature)."""
+    bad_rows: BadRows = "error"
+    """Default policy of the pyfunc / REST model for bad rows (``error`` | ``drop``); a request can
+    override it with ``params: {bad_rows: drop}``."""
+    batch_size: Count = 64
+    """Default rows per forward pass of the pyfunc / REST model."""
+
+
+@dataclass(config=STRICT)
+class PredictConfig:
+    """The ``predict`` pipeline (parameters ``predict.*``)."""
+
+    batch_size: Count = 64
+    """Rows per forward pass."""
+    bad_rows: BadRows = "drop"
+    """Rows with an empty / NaN text cell or a non-string cell in a text column: ``drop`` (skipped,
+    counted, logged) or ``error`` (fail naming the first bad row and column)."""
+    device: Device = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(config=STRICT)
+class InspectConfig:
+    """What ``kedro run --pipeline inspect`` measures (parameters ``inspect.*``)."""
+
+    batch_size: Count = 8
+    """Examples in the measured batch: the first N of ``split``, padded as training pads them."""
+    split: Split = "train"
+    """Tokenised split the batch comes from."""
+    modes: list[str] = dataclasses.field(default_factory=list)
+    """Modes to measure (a subset of ``full``, ``lora_all``, ``topk_autograd``, ``topk_autograd_input_grads``,
+    ``topk_no_grad``, ``topk_cached``); empty = all."""
+    timing_repeats: Count = 3
+    """Timed forward + backward runs per mode after the measured one; the median is reported."""
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.modes) - set(INSPECT_MODES))
+        if bad:
+            raise ConfigError(f"inspect.modes: unknown mode {bad[0]!r}; known: {', '.join(INSPECT_MODES)}")
+
+
+@dataclass(config=STRICT)
+class RunConfig:
+    """Every parameter group of a run, typed: what :func:`toptune.config.parse.parse_params` makes of Kedro's
+    parameters, once, before any node runs."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
+    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+
+
+GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "lora": LoraSettings,
+    "training": TrainingConfig,
+    "export": ExportConfig,
+    "predict": PredictConfig,
+    "inspect": InspectConfig,
+}
+"""Every parameter group and its dataclass (``training`` → :class:`TrainingConfig`); a group not named here
+is refused (a misspelt ``trainig``)."""
