@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from toptune.config import DataConfig, Device, Dtype, LoraSettings, ModelConfig, PrefixMode, TrainingConfig
 from toptune.data.table import label_map, prepare_table, split_table
@@ -112,7 +113,7 @@ class Setup:
     lora: LoraSettings
     data: dict[str, Encoded]
     id2label: dict[int, str]
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
 
 

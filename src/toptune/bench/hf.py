@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     model = hf_model(setup, bc)
 
     def rows(enc: Encoded) -> list[dict]:  # a list is a map-style dataset
-        return [{"input_ids": x, "attention_mask": [1] * len(x), "label": y} for x, y in zip(enc.input_ids, enc.labels)]
+        return [{"input_ids": x, "attention_mask": [1] * len(x), "label": y} for x, y in zip(enc.input_ids, enc.labels, strict=True)]
 
     class CountingCollator(DataCollatorWithPadding):
         """``DataCollatorWithPadding``, counting padded positions for the report."""
@@ -77,7 +78,7 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
             self.seconds.append(self.t.seconds)
 
     steps = math.ceil(len(data["train"]) / tc.batch_size) * tc.epochs
-    sampling = {"train_sampling_strategy": "group_by_length"} if group_by_length else {}
+    sampling: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if group_by_length else {}
     cuda, timer, out = dev.type == "cuda", EpochTimer(), tempfile.mkdtemp(prefix="toptune-bench-hf-")
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=tc.eval_batch_size,
@@ -92,7 +93,8 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     with timed(dev) as t:
         trainer.train()
     pad = 1 - CountingCollator.real / max(CountingCollator.padded, 1)
-    pred = trainer.predict(rows(data["test"]))
+    # A list is a map-style dataset; Trainer.predict's annotation names only torch's Dataset class.
+    pred = trainer.predict(rows(data["test"]))  # type: ignore[arg-type]
     shutil.rmtree(out, ignore_errors=True)
-    return result_row(setup, bc, t, timer.seconds, float((pred.predictions.argmax(-1) == pred.label_ids).mean()),
+    return result_row(setup, bc, t, timer.seconds, float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean()),
                       padding_fraction=pad)

@@ -85,7 +85,7 @@ def chart(result: dict, path: str | Path) -> Path:
     """Bar chart of end-to-end train seconds per run (the cache's build stacked), test accuracy on top."""
     benches = parts(result)
     fig, axes = plt.subplots(1, len(benches), figsize=(8 * len(benches), 4.5), squeeze=False)
-    for ax, (title, part) in zip(axes[0], benches):
+    for ax, (title, part) in zip(axes[0], benches, strict=True):
         runs = part["runs"]
         names = list(runs)
         total = np.array([runs[n]["train_seconds"] for n in names])
@@ -94,7 +94,7 @@ def chart(result: dict, path: str | Path) -> Path:
         ax.bar(x, total - build, color=["#8da0cb" if n.startswith("hf") else "#66c2a5" for n in names],
                label="training (+ validation)")
         ax.bar(x, build, bottom=total - build, color="#fc8d62", label="cache build")
-        for xi, n, t in zip(x, names, total):
+        for xi, n, t in zip(x, names, total, strict=True):
             acc = runs[n].get("test_accuracy")
             ax.text(xi, t, f"{t:.1f}s" + (f"\nacc {acc:.3f}" if acc is not None else ""), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, [n.replace("hf_trainer_group_by_length", "hf_trainer\n+group_by_length") for n in names],

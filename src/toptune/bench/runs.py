@@ -99,7 +99,7 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
         if epochs_peak["bytes"] is None:
             log.warning("bench: the score head was never called as a module in the cached epochs; "
                         "their own peak device memory is unknown")
-        row.update(peak_device_memory_bytes=max(build.peak_device_bytes, epochs.peak_device_bytes),
+        row.update(peak_device_memory_bytes=max(build.peak_device_bytes, epochs.peak_device_bytes or 0),
                    peak_device_memory_build_bytes=build.peak_device_bytes,
                    peak_device_memory_cached_epochs_bytes=epochs_peak["bytes"])
     return row
@@ -128,7 +128,7 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
             epochs.append(t)
     total = timed(dev, peak=False)  # the epochs' sum: batch gathering stays off the floor's clock
     total.seconds = sum(t.seconds for t in epochs)
-    total.peak_device_bytes = max(t.peak_device_bytes for t in epochs) if dev.type == "cuda" else None
+    total.peak_device_bytes = max(t.peak_device_bytes or 0 for t in epochs) if dev.type == "cuda" else None
     return result_row(setup, bc, total, [t.seconds for t in epochs], None)
 
 
@@ -157,7 +157,7 @@ def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict
 def warm_up(setup: Setup, bc: BenchConfig, runs: tuple[str, ...]) -> None:
     """Every run once on 64 examples, one epoch, unmeasured: first-call costs (lazy imports, kernel
     selection, allocator growth) then fall on no measured run, whichever runs first."""
-    small = {k: Encoded(v.ids[:n], v.input_ids[:n], v.labels[:n], 0) for (k, v), n in zip(setup.data.items(), (64, 32, 32))}
+    small = {k: Encoded(v.ids[:n], v.input_ids[:n], v.labels[:n], 0) for (k, v), n in zip(setup.data.items(), (64, 32, 32), strict=True)}
     wbc = dataclasses.replace(bc, training=dataclasses.replace(bc.training, epochs=1, cache_dir=bc.training.cache_dir + "-warmup"))
     level = log.level
     log.setLevel(logging.WARNING)

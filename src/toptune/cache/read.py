@@ -96,7 +96,7 @@ class PrefixCache:
         if n != len(enc):
             raise CacheInvalid(f"split {name} has {n} examples in the cache at {self.path}, {len(enc)} in the data")
         offsets, lengths, pooled = (np.zeros(n, dtype=np.int64) for _ in range(3))
-        for shard, index in zip(self.manifest["splits"][name]["shards"], self._index(name)):
+        for shard, index in zip(self.manifest["splits"][name]["shards"], self._index(name), strict=True):
             shards.append(map_hidden(self.path, shard, self.storage_dtype, self.manifest["hidden_size"]))
             starts.append(row)
             ex = index[:, 0]

@@ -80,7 +80,7 @@ def saved_bytes_figure(report: dict) -> Figure:
     parts = {"frozen prefix": lambda b: b in prefix, "top-K blocks": lambda b: b in trainable,
              "embed / other blocks / norm / score": lambda b: b not in prefix and b not in trainable}
     bottom = np.zeros(len(names))
-    for (label, pick), color in zip(parts.items(), ("#9e9e9e", "#1f77b4", "#ffbb78")):
+    for (label, pick), color in zip(parts.items(), ("#9e9e9e", "#1f77b4", "#ffbb78"), strict=True):
         vals = np.array([mib(sum(v for b, v in modes[n]["saved_bytes_by_block"].items() if pick(b))) for n in names])
         ax2.bar(range(len(names)), vals, bottom=bottom, color=color, label=label)
         bottom += vals
