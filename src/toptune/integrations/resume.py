@@ -140,8 +140,8 @@ class ResumableMlflowHook(MlflowHook):
             return [why.text] if why is not None and (not given or why.kind == "raw_data") else []
 
         chosen = select(CHECKPOINT_DIR, fp, resume, skip=("data",), also=run_reasons)
-        for ck, why in chosen.skipped:
-            log.info("checkpoint %s: its MLflow run is not continued: %s", ck.path, why)
+        for skipped, why in chosen.skipped:
+            log.info("checkpoint %s: its MLflow run is not continued: %s", skipped.path, why)
         ck = chosen.get()
         if ck is None:
             return None

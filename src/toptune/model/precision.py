@@ -10,10 +10,14 @@ bf16 module, so it is cast up here; AdamW's state takes its parameters' dtype, s
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from toptune.model.load import backbone, score_head
+
+M = TypeVar("M", bound=nn.Module)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -39,7 +43,7 @@ def _input_to_weight_dtype(module: nn.Linear, args: tuple) -> tuple:
     return (x.to(module.weight.dtype), *args[1:]) if x.dtype != module.weight.dtype else args
 
 
-def trainable_in_fp32(model: nn.Module) -> nn.Module:
+def trainable_in_fp32(model: M) -> M:
     """Cast every trainable parameter to fp32 (in place) and let the score head's linears take
     inputs of the blocks' dtype; returns ``model``. A no-op on an fp32 model."""
     for p in model.parameters():

@@ -106,7 +106,9 @@ def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = No
 
 def rng_state() -> dict:
     """This process's RNG states: Python, NumPy, torch CPU and (when present) its CUDA device."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # legacy=True, the default: (kind, keys, pos, has_gauss, gauss)
+    kind, keys, pos, has_gauss, gauss = numpy_state
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
