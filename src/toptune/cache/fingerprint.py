@@ -63,16 +63,17 @@ def _update_tensor(h, t: Tensor) -> None:
     h.update(t.view(torch.uint8).numpy().data)  # no copy
 
 
-def model_weights_hash(model: nn.Module, first: int) -> str:
+def model_weights_hash(model: nn.Module, first_trainable_block: int) -> str:
     """sha256 of what the prefix computes with: the model config (label names aside), the token
-    embedding, blocks ``0 … first-1`` and the rotary frequencies (weights on a GPU enter through
-    :func:`device_digest`, the rest byte for byte)."""
+    embedding, blocks ``0 … first_trainable_block-1`` and the rotary frequencies (weights on a GPU
+    enter through :func:`device_digest`, the rest byte for byte)."""
     inner = backbone(model)
     h = hashlib.sha256()
     config = {k: v for k, v in inner.config.to_dict().items() if k not in _CONFIG_KEYS_IGNORED}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(str(getattr(inner.config, "_attn_implementation", "")).encode())
-    modules = [("embed_tokens", inner.embed_tokens)] + [(f"layers.{i}", inner.layers[i]) for i in range(first)]
+    prefix_blocks = [(f"layers.{i}", inner.layers[i]) for i in range(first_trainable_block)]
+    modules = [("embed_tokens", inner.embed_tokens), *prefix_blocks]
     for prefix, module in modules:
         for name, t in sorted(module.state_dict().items()):
             h.update(f"{prefix}.{name}".encode())

@@ -11,12 +11,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from toptune.config import ConfigError, LoraSettings, ModelConfig
+from toptune.cache import CacheInvalid, cached_logits, fingerprint, load_cache
+from toptune.config import INSPECT_MODES, LoraSettings, ModelConfig
 from toptune.inspect.estimate import estimate_report, shape_of
 from toptune.inspect.measure import measure_step, prefix_keys
-from toptune.model.load import backbone
+from toptune.model.load import backbone, load_classifier, text_config
+from toptune.model.lora import param_counts
+from toptune.model.tokenizer import load_tokenizer
+from toptune.prefix.forward import forward_logits, pool_index, run_prefix
+from toptune.train.device import autocast, resolve_device
+from toptune.train.recipe import build_classifier, resolve_base_checkpoint
 
-MODES = ("full", "lora_all", "topk_autograd", "topk_autograd_input_grads", "topk_no_grad", "topk_cached")
+MODES = INSPECT_MODES  # the names inspect.modes may hold (toptune.config), each explained here
 MODE_HELP = {
     "full": "every parameter trainable, stock forward",
     "lora_all": "LoRA on every block, stock forward",
@@ -39,29 +45,6 @@ METHOD = {
 }
 
 
-@dataclass
-class InspectConfig:
-    """What ``kedro run --pipeline inspect`` measures (parameters ``inspect.*``)."""
-
-    batch_size: int = 8
-    """Examples in the measured batch: the first N of ``split``, padded as training pads them."""
-    split: str = "train"
-    """Tokenised split the batch comes from."""
-    modes: list[str] = dataclasses.field(default_factory=list)
-    """Modes to measure (subset of ``MODES``); empty = all."""
-    timing_repeats: int = 3
-    """Timed forward + backward runs per mode after the measured one; the median is reported."""
-
-    def __post_init__(self) -> None:
-        self.modes = list(self.modes or [])
-        bad = sorted(set(self.modes) - set(MODES))
-        for ok, message in ((self.batch_size >= 1, f"inspect.batch_size={self.batch_size} must be >= 1"),
-                            (self.timing_repeats >= 1, f"inspect.timing_repeats={self.timing_repeats} must be >= 1"),
-                            (not bad, f"inspect.modes: unknown mode {bad[0] if bad else ''!r}; known: {', '.join(MODES)}")):
-            if not ok:
-                raise ConfigError(message)
-
-
 StoredBatch = Callable[[object], "tuple[dict[str, Tensor] | None, str]"]
 """Given the top-K classifier: the measured batch as the cache stores it (``hidden`` (B, T, D),
 ``attention_mask``, ``pooled``, ``labels``), or None when there is no usable store; and a note
@@ -71,7 +54,7 @@ StoredBatch = Callable[[object], "tuple[dict[str, Tensor] | None, str]"]
 @dataclass
 class _Setup:
     model: nn.Module
-    trainable_layers: list[int]
+    trainable_blocks: list[int]
     forward: str
     """``autograd`` / ``no_grad`` / ``cache``."""
     clf: object | None = None
@@ -80,39 +63,33 @@ class _Setup:
 def _mode_setup(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
                 device: str, tokenizer) -> _Setup:
     """A fresh classifier set up as ``mode`` asks."""
-    from toptune.model.load import load_classifier
-    from toptune.train.device import resolve_device
-    from toptune.train.recipe import build_classifier, resolve_model_path
-
     if mode == "full":
         dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
-        model = load_classifier(resolve_model_path(model_cfg.name_or_path), id2label, tokenizer.pad_token_id,
-                                seed=seed, dtype=dtype).to(resolve_device(device))
+        model = load_classifier(resolve_base_checkpoint(model_cfg.name_or_path), id2label, tokenizer.pad_token_id,
+                                seed=seed, dtype=dtype)
+        # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to): mypy reads it unbound
+        model = model.to(resolve_device(device))  # type: ignore[arg-type]
         model.requires_grad_(True)
         return _Setup(model, list(range(model.config.num_hidden_layers)), "autograd")
     if mode == "lora_all":
-        from toptune.model.load import text_config
-
-        n = text_config(resolve_model_path(model_cfg.name_or_path)).num_hidden_layers
+        n = text_config(resolve_base_checkpoint(model_cfg.name_or_path)).num_hidden_layers
         clf = build_classifier(dataclasses.replace(model_cfg, trainable_layers=list(range(n))), lora, id2label, seed,
                                device, tokenizer)
-        return _Setup(clf.model, clf.trainable_layers, "autograd", clf)
+        return _Setup(clf.model, clf.trainable_blocks, "autograd", clf)
     clf = build_classifier(model_cfg, lora, id2label, seed, device, tokenizer)
     if mode == "topk_autograd_input_grads":
         clf.model.enable_input_require_grads()
     forward = {"topk_autograd": "autograd", "topk_autograd_input_grads": "autograd", "topk_no_grad": "no_grad",
                "topk_cached": "cache"}[mode]
-    return _Setup(clf.model, clf.trainable_layers, forward, clf)
+    return _Setup(clf.model, clf.trainable_blocks, forward, clf)
 
 
-def precomputed_prefix(model: nn.Module, batch: dict[str, Tensor], first: int) -> dict[str, Tensor]:
+def precomputed_prefix(model: nn.Module, batch: dict[str, Tensor], first_trainable_block: int) -> dict[str, Tensor]:
     """What the cache stores for ``batch``: the prefix's output, computed once in eval mode without a
     graph, with the pooling positions — a plain tensor, as a cached epoch reads it."""
-    from toptune.prefix.forward import pool_index, run_prefix
-
     was_training = model.training
     model.eval()
-    hidden = run_prefix(model, batch["input_ids"], batch["attention_mask"], first)  # (B, T, D)
+    hidden = run_prefix(model, batch["input_ids"], batch["attention_mask"], first_trainable_block)  # (B, T, D)
     model.train(was_training)
     return {"hidden": hidden, "attention_mask": batch["attention_mask"], "labels": batch["labels"],
             "pooled": pool_index(batch["input_ids"], backbone(model).config.pad_token_id)}
@@ -121,16 +98,12 @@ def precomputed_prefix(model: nn.Module, batch: dict[str, Tensor], first: int) -
 def _step_fn(setup: _Setup, batch: dict[str, Tensor], device: torch.device) -> Callable[[], Tensor]:
     """The training step's forward (as ``toptune.train.loop.train`` runs it): logits under the device's
     autocast, cross-entropy in fp32."""
-    from toptune.prefix.forward import forward_logits
-    from toptune.train.device import autocast
+    first_trainable_block = min(setup.trainable_blocks)
 
-    first = min(setup.trainable_layers)
-    if setup.forward == "cache":
-        from toptune.cache import cached_logits
+    def forward(b: dict[str, Tensor]) -> Tensor:
+        return forward_logits(setup.model, b["input_ids"], b["attention_mask"], first_trainable_block, setup.forward)
 
-        logits_fn = cached_logits(setup.model, first)
-    else:
-        logits_fn = lambda b: forward_logits(setup.model, b["input_ids"], b["attention_mask"], first, setup.forward)  # noqa: E731
+    logits_fn = cached_logits(setup.model, first_trainable_block) if setup.forward == "cache" else forward
 
     def step() -> Tensor:
         with autocast(device):
@@ -148,13 +121,10 @@ def inspect_modes(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int
     ``topk_cached`` is fed by ``stored`` (the real prefix cache) when it returns a batch, else by
     :func:`precomputed_prefix` — the same values; the report says which in ``fed_from``.
     """
-    from toptune.model.tokenizer import load_tokenizer
-    from toptune.train.recipe import resolve_model_path
-
     unknown = sorted(set(modes or ()) - set(MODES))
     if unknown:
         raise ValueError(f"inspect.modes: unknown mode {unknown[0]!r}; known: {', '.join(MODES)}")
-    tokenizer = tokenizer or load_tokenizer(resolve_model_path(model_cfg.name_or_path))
+    tokenizer = tokenizer or load_tokenizer(resolve_base_checkpoint(model_cfg.name_or_path))
     report: dict = {"model": {}, "batch": {}, "method": METHOD, "modes": {}}
     for mode in [m for m in MODES if m in (modes or MODES)]:
         try:
@@ -181,8 +151,6 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
                   batch: dict[str, Tensor], seed: int, device: str, stored: StoredBatch | None, repeats: int,
                   tokenizer, report: dict) -> dict:
     """One mode's entry of the report (and, for the first mode measured, ``report["model"]``)."""
-    from toptune.model.lora import param_counts
-
     setup = _mode_setup(mode, model_cfg, lora, id2label, seed, device, tokenizer)
     dev = next(setup.model.parameters()).device
     b = {k: v.to(dev) for k, v in batch.items()}
@@ -191,7 +159,7 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
     if setup.forward == "cache":
         got, note = stored(setup.clf) if stored is not None else (None, "no prefix cache given")
         if got is None:
-            b = precomputed_prefix(setup.model, b, min(setup.trainable_layers))
+            b = precomputed_prefix(setup.model, b, min(setup.trainable_blocks))
             note = f"prefix output computed once under no_grad here, as the cache stores it ({note})"
         else:
             b = {k: v.to(dev) for k, v in got.items()}
@@ -201,9 +169,10 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
     counts = param_counts(setup.model)
     if not report["model"]:
         inner = backbone(setup.model)
-        top = model_cfg.trainable_blocks(num_layers)
+        trainable_blocks = model_cfg.trainable_blocks(num_layers)
         report["model"] = {"name_or_path": model_cfg.name_or_path, "model_type": inner.config.model_type,
-                           "num_layers": num_layers, "trainable_layers": top, "first_trainable_block": min(top),
+                           "num_layers": num_layers, "trainable_layers": trainable_blocks,
+                           "first_trainable_block": min(trainable_blocks),
                            "hidden_size": inner.config.hidden_size, "lora_r": lora.r,
                            "dtype": str(next(setup.model.parameters()).dtype).removeprefix("torch."),
                            "device": str(dev), "autocast": "bfloat16" if dev.type == "cuda" else None,
@@ -213,7 +182,7 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
         "description": MODE_HELP[mode],
         "saved_bytes_total": m.saved_bytes_total,
         "saved_bytes_by_block": m.saved_bytes_by_block,
-        "prefix_saved_bytes": None,  # filled in once the split is known
+        "prefix_saved_bytes": None,  # filled in once the forward split is known
         "autograd_nodes": sum(m.nodes_by_block.values()),
         "autograd_nodes_by_block": m.nodes_by_block,
         "trainable_params": counts["trainable_params"],
@@ -229,8 +198,8 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
 def ratios(report: dict) -> dict:
     """The relations the product promises: no_grad vs LoRA-everywhere against K/L, and the prefix's share."""
     modes = report["modes"]
-    k, n = len(report["model"]["trainable_layers"]), report["model"]["num_layers"]
-    out: dict = {"k_over_l": k / n}
+    num_trainable, n = len(report["model"]["trainable_layers"]), report["model"]["num_layers"]
+    out: dict = {"k_over_l": num_trainable / n}
     if all("saved_bytes_total" in modes.get(m, {}) for m in ("topk_no_grad", "lora_all")):
         out["topk_no_grad_over_lora_all"] = modes["topk_no_grad"]["saved_bytes_total"] / modes["lora_all"]["saved_bytes_total"]
     if all("saved_bytes_total" in modes.get(m, {}) for m in ("topk_no_grad", "topk_autograd_input_grads")):
@@ -244,8 +213,6 @@ def cache_batch(data: dict, training, split: str, n: int) -> StoredBatch:
     ``training.cache_dir``, when it exists and its fingerprint matches this model, split and data."""
 
     def get(clf):
-        from toptune.cache import CacheInvalid, fingerprint, load_cache
-
         try:
             cache = load_cache(training.cache_dir, fingerprint(clf, data, training))
         except CacheInvalid as e:
