@@ -1,6 +1,8 @@
-"""The bench's runs: one model, one data set, one recipe, each run timed by the same :class:`toptune.bench.timing.timed`.
+"""The bench's runs: one model, one data set, one recipe, each run timed by the same
+:class:`toptune.bench.timing.timed`.
 
-    hf_trainer                  (:mod:`toptune.bench.hf`) Trainer + PEFT ``layers_to_transform`` + ``DataCollatorWithPadding``
+    hf_trainer                  Trainer + PEFT ``layers_to_transform`` + ``DataCollatorWithPadding``
+                                (:mod:`toptune.bench.hf`)
     hf_trainer_group_by_length  the same with ``train_sampling_strategy="group_by_length"``
     autograd / no_grad          toptune's live modes (stock forward / no_grad prefix)
     cache                       toptune's prefix cache, the build (train + val) included in ``train_seconds``

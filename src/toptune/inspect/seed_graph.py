@@ -96,7 +96,8 @@ def seed_table(seed: int = 0) -> dict[str, dict]:
 
 def format_seed_table(table: dict[str, dict]) -> str:
     """The seed's table as text: case, what was applied, the nodes left in the graph."""
-    lines = [f"{'case':4s} {'fc1 in graph':12s} {'saved acts':10s} {'grad_fn nodes (BFS from the output; …Backward0)':60s} applied"]
+    nodes_title = "grad_fn nodes (BFS from the output; …Backward0)"
+    lines = [f"{'case':4s} {'fc1 in graph':12s} {'saved acts':10s} {nodes_title:60s} applied"]
     for case, c in table.items():
         nodes = " ".join(n.removesuffix("Backward0") for n in c["nodes"])
         lines.append(f"{case:4s} {str(c['fc1_in_graph']):12s} {c['saved_activations']:10d} {nodes:60s} {c['applied']}")

@@ -4,7 +4,8 @@ Every process runs the whole pipeline (that is how each gets the data, the model
 the work), but only rank 0 is visible from outside: settings.py registers the MLflow hook on rank 0
 alone, and on the other ranks :class:`RankHooks` turns every dataset the pipeline writes into an
 in-memory one, so each output file is written once, by rank 0. The other ranks log warnings and
-errors only, to the console (the log file is rank 0's). The process group is joined when the context is created and left when the run ends.
+errors only, to the console (the log file is rank 0's). The process group is joined when the context is
+created and left when the run ends.
 """
 
 from __future__ import annotations
