@@ -27,9 +27,11 @@ MODE_HELP = {
     "full": "every parameter trainable, stock forward",
     "lora_all": "LoRA on every block, stock forward",
     "topk_autograd": "LoRA on the top K blocks, stock forward",
-    "topk_autograd_input_grads": "LoRA on the top K, stock forward, enable_input_require_grads() (as gradient checkpointing sets)",
+    "topk_autograd_input_grads": "LoRA on the top K, stock forward, enable_input_require_grads() "
+                                 "(as gradient checkpointing sets)",
     "topk_no_grad": "LoRA on the top K, prefix under no_grad + detach (toptune's default)",
-    "topk_cached": "LoRA on the top K, fed from stored prefix output (toptune's cache mode: fused blocks, last block at the pooled token)",
+    "topk_cached": "LoRA on the top K, fed from stored prefix output "
+                   "(toptune's cache mode: fused blocks, last block at the pooled token)",
 }
 METHOD = {
     "saved_bytes": "saved_tensors_hooks pack: untyped_storage().nbytes() of each saved tensor, each storage once",
@@ -37,10 +39,10 @@ METHOD = {
     "parameters_note": "storages of parameters (weights saved for backward) are not counted: they stay in memory "
                        "whatever autograd does; only activations count (on CUDA under bf16 autocast also the bf16 "
                        "weight copies that backward keeps)",
-    "block_attribution": "forward pre-hooks on the blocks' modules, and torch functions called with a block's parameter, "
-                         "set the running block; a saved tensor / a new grad_fn is charged to it",
-    "autograd_nodes": "grad_fn nodes reachable from the loss (AccumulateGrad included), each charged to the block whose op "
-                      "created it (AccumulateGrad: its parameter's block)",
+    "block_attribution": "forward pre-hooks on the blocks' modules, and torch functions called with a block's "
+                         "parameter, set the running block; a saved tensor / a new grad_fn is charged to it",
+    "autograd_nodes": "grad_fn nodes reachable from the loss (AccumulateGrad included), each charged to the block "
+                      "whose op created it (AccumulateGrad: its parameter's block)",
     "prefix": "blocks layer.0 … layer.<first-1>, below the lowest trainable block",
 }
 
