@@ -206,9 +206,9 @@ def test_bucketing_cuts_padding_and_keeps_every_example_once():
     random_pad = padding_fraction(lengths, batch_indices(1000, 16, True, 3))
     assert padding_fraction(lengths, bucketed) < 0.05 < random_pad
     again = bucketed_indices(lengths, 16, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again, strict=True))
     other = bucketed_indices(lengths, 16, seed=4)
-    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other))
+    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def test_prefetch_thread_ends(tiny_qwen3, data, fresh):
 
     direct = [split.batch(i, torch.device("cpu")) for i in epoch_indices(split, 8, True, 0, True)]
     got = list(gen(0))  # run to the end: same batches as gathered directly
-    assert len(got) == len(direct) and all(torch.equal(a["hidden"], b["hidden"]) for a, b in zip(got, direct))
+    assert len(got) == len(direct) and all(torch.equal(a["hidden"], b["hidden"]) for a, b in zip(got, direct, strict=True))
     assert not prefetch_threads()
     it = gen(1)
     next(it)
@@ -257,7 +257,7 @@ def test_cpu_batches_load_in_the_callers_thread(data, fresh):
     threaded = cached_batches(split, 8, True, 0, True, torch.device("cpu"), depth=2)
     want = list(threaded.load(threaded.order(0)))
     assert len(got) == len(want) and all(torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["labels"], b["labels"])
-                                         for a, b in zip(got, want))
+                                         for a, b in zip(got, want, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def script_env(**extra: str) -> dict[str, str]:
 
 
 def as_user(monkeypatch, user: tuple[str, str] | None) -> None:
-    for var, value in zip(CREDENTIALS, user or (None, None)):
+    for var, value in zip(CREDENTIALS, user or (None, None), strict=True):
         if value is None:
             monkeypatch.delenv(var, raising=False)
         else:

@@ -93,7 +93,7 @@ def test_fp32_path_is_unchanged(tiny_qwen3):
 def test_bf16_weights_train_on_cpu(tiny_qwen3):
     clf = bf16_classifier(tiny_qwen3)
     enc_batch = batch(clf.tokenizer, "right")
-    ids = [row[m.bool()].tolist() for row, m in zip(enc_batch["input_ids"], enc_batch["attention_mask"])]
+    ids = [row[m.bool()].tolist() for row, m in zip(enc_batch["input_ids"], enc_batch["attention_mask"], strict=True)]
     enc = Encoded([str(i) for i in range(len(ids))], ids, enc_batch["labels"].tolist(), 0)
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
     result = fit(clf, {"train": enc, "val": enc}, TrainingConfig(prefix_mode="no_grad", epochs=2, batch_size=3,
