@@ -20,7 +20,7 @@ import toptune
 TESTS = Path(__file__).resolve().parent
 PACKAGE = Path(toptune.__file__).resolve().parent
 FRAMEWORKS = ("kedro", "kedro_datasets", "kedro_mlflow", "mlflow")
-ROOMS = ("data", "model", "prefix", "cache", "train", "evaluate", "serve", "inspect", "io", "bench", "integrations",
+ROOMS = ("config", "data", "model", "prefix", "cache", "train", "evaluate", "serve", "inspect", "io", "bench", "integrations",
          "pipelines")
 LAYER = ("toptune.integrations", "toptune.pipelines")
 """The Kedro/MLflow layer: these packages may import the frameworks."""

@@ -29,7 +29,7 @@ from toptune.cache import (
     predict_cached,
     prepare_cache,
 )
-from toptune.config import LoraSettings, ModelConfig, TrainingConfig
+from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig, parse_params
 from toptune.data.batches import batch_indices, collate
 from toptune.model.load import backbone
 from toptune.prefix.forward import run_prefix
@@ -224,20 +224,22 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
               "training": {"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "progress": False,
                            "cache_dir": str(tmp_path / "cache"), "seed": 7}}
     label_map = {str(k): v for k, v in ID2LABEL.items()}
-    summary, metrics = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
+    cfg = parse_params(params)  # the typed configs the hook hands the node
+    model, lora, training = cfg.model, cfg.lora, cfg.training
+    summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
     assert summary["status"] == "built" and summary["bytes"] > 0 and metrics["bytes"]["value"] == summary["bytes"]
     lens = data["train"].lengths()
     assert metrics["padding_fraction_unbucketed"]["value"] == padding_fraction(lens, batch_indices(len(lens), 8, True, 7))
     assert 0 <= metrics["padding_fraction_bucketed"]["value"] < metrics["padding_fraction_unbucketed"]["value"]
     built_at = json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"]
-    again, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], params["training"])
+    again, _ = build_prefix_cache(data, label_map, model, lora, training)
     assert again["status"] == "reused"
     clf = build_classifier(ModelConfig(**params["model"]), LoraSettings(**params["lora"]), ID2LABEL, seed=7, device="cpu")
     with caplog.at_level("INFO", logger="toptune.cache"):
         fit(clf, data, TrainingConfig(**params["training"]))
     assert any("reused" in r.getMessage() for r in caplog.records)
     assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"] == built_at
-    skipped, _ = build_prefix_cache(data, label_map, params["model"], params["lora"], {**params["training"], "prefix_mode": "no_grad"})
+    skipped, _ = build_prefix_cache(data, label_map, model, lora, dataclasses.replace(training, prefix_mode="no_grad"))
     assert skipped["status"] == "skipped"
 
 
@@ -246,11 +248,11 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
     from toptune.pipelines.train.nodes import train_model
 
     monkeypatch.chdir(tmp_path)  # the train node writes its checkpoints under the project root (here)
-    model = {"name_or_path": str(tiny_qwen3), "trainable_layers": 2}
-    lora = {"r": 4, "alpha": 8}
+    model = ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2)
+    lora = LoraSettings(r=4, alpha=8)
     # resume never: each call trains (under auto, a run would continue the previous call's checkpoint, in its mode)
-    training = {"prefix_mode": "auto", "epochs": 2, "batch_size": 8, "progress": False,
-                "cache_dir": str(tmp_path / "cache"), "seed": 7, "resume": "never"}
+    training = TrainingConfig(prefix_mode="auto", epochs=2, batch_size=8, progress=False,
+                              cache_dir=str(tmp_path / "cache"), seed=7, resume="never")
     label_map = {str(k): v for k, v in ID2LABEL.items()}
     summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
     rates = summary["compute_tokens_per_second"], summary["read_tokens_per_second"]
@@ -260,7 +262,8 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
     assert (tmp_path / "cache" / "manifest.json").is_file() == (summary["prefix_mode"] == "cache")
     # The train node follows the summary's decision (it does not measure again); each way is honoured.
     for decided in ("no_grad", "cache"):
-        *_, train_summary = train_model(data, label_map, {}, model, lora, {**training, "epochs": 1},
+        one_epoch = dataclasses.replace(training, epochs=1)
+        *_, train_summary = train_model(data, label_map, DataConfig(), model, lora, one_epoch,
                                         {**summary, "prefix_mode": decided})
         assert train_summary["prefix_mode"] == decided
     assert (tmp_path / "cache" / "manifest.json").is_file()  # the cache mode built (or reused) it

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toptune.config import ConfigError, DataConfig
+from toptune.config import ConfigError, DataConfig, parse_group
 from toptune.data.batches import batches, collate
 from toptune.data.table import (
     DataValidationError,
@@ -75,7 +75,7 @@ def test_small_classes_dropped_and_too_few_classes_fail():
 
 def test_bad_parameters_name_the_parameter():
     with pytest.raises(ConfigError, match="data.bad_rows"):
-        DataConfig(bad_rows="skip")
+        parse_group(DataConfig, {"bad_rows": "skip"}, "data")
     with pytest.raises(DataValidationError, match="named fields"):
         prepare_table(table(), DataConfig(text_template="{}", label_column="sentiment"))
 

@@ -14,17 +14,17 @@ import torch
 from toptune.cache import prepare_cache
 from toptune.config import (
     ConfigError,
+    InspectConfig,
     LoraSettings,
     ModelConfig,
     TrainingConfig,
-    from_dict,
+    parse_group,
 )
 from toptune.data.batches import collate
 from toptune.data.tokens import Encoded, encode
 from toptune.inspect import (
     MODES,
     BlockShape,
-    InspectConfig,
     block_diagram_figure,
     block_saved_bytes,
     cache_batch,
@@ -174,13 +174,13 @@ def test_report_outputs_and_config(report):
 
 
 def test_inspect_parameters_are_checked(tiny_qwen3, tokenizer):
-    assert from_dict(InspectConfig, {"batch_size": 4, "modes": ["topk_no_grad"]}, "inspect").modes == ["topk_no_grad"]
+    assert parse_group(InspectConfig, {"batch_size": 4, "modes": ["topk_no_grad"]}, "inspect").modes == ["topk_no_grad"]
     with pytest.raises(ConfigError, match="inspect.modes"):
-        from_dict(InspectConfig, {"modes": ["bogus"]}, "inspect")
+        parse_group(InspectConfig, {"modes": ["bogus"]}, "inspect")
     with pytest.raises(ConfigError, match="inspect.batch_size"):
-        InspectConfig(batch_size=0)
+        parse_group(InspectConfig, {"batch_size": 0}, "inspect")
     with pytest.raises(ConfigError, match="unknown parameter inspect.bogus"):
-        from_dict(InspectConfig, {"bogus": 1}, "inspect")
+        parse_group(InspectConfig, {"bogus": 1}, "inspect")
     with pytest.raises(ValueError, match="inspect.modes"):
         inspect_modes(ModelConfig(name_or_path=str(tiny_qwen3)), LORA, ID2LABEL, batch_of(tokenizer), modes=("bogus",),
                       tokenizer=tokenizer)

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pydantic
 import pytest
 import torch
 import yaml
@@ -30,16 +31,16 @@ from safetensors.torch import load_file, save_file
 from support.export import make_export, raw_rows, use_store
 from support.project import make_project, nested, run
 
-from toptune.config import ConfigError, DataConfig, ModelConfig, from_dict
+from toptune.config import STRICT, ConfigError, DataConfig, ModelConfig, parse_group, parse_params
 from toptune.data.table import DataValidationError, prepare_table, split_table
 from toptune.data.tokens import encode
 from toptune.evaluate.health import short_text_warnings, training_warnings
 from toptune.integrations.cli import one_line
-from toptune.integrations.guards import PARAMETER_GROUPS, mark_dead_runs
+from toptune.integrations.guards import mark_dead_runs
 from toptune.io.atomic import temp_path
 from toptune.io.debris import clear_debris, hostname
 from toptune.io.lock import ProjectBusyError, ProjectLock, takes_lock
-from toptune.model.preflight import check_groups, check_model
+from toptune.model.preflight import check_model
 from toptune.serve.bundle import BUNDLE_FILE, BundleError, check_base, read_bundle
 from toptune.serve.predict import (
     ServingConfig,
@@ -92,28 +93,27 @@ PARAMETER_CASES = [
 @pytest.mark.parametrize("params,message", PARAMETER_CASES, ids=[m.split(" ")[0] for _, m in PARAMETER_CASES])
 def test_bad_parameter_is_one_line_naming_it(params, message):
     with pytest.raises(ConfigError) as e:
-        check_groups(params, PARAMETER_GROUPS)
+        parse_params(params)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_new_field_is_checked_without_new_check_code():
-    @dataclasses.dataclass
+    @pydantic.dataclasses.dataclass(config=STRICT)
     class Later:  # fields a later feature adds to training.*
         checkpoint_every: int = 0
         resume: str = "auto"
         early_stopping_patience: int | None = None
 
-    assert from_dict(Later, {"checkpoint_every": 5, "early_stopping_patience": None}, "training").checkpoint_every == 5
+    assert parse_group(Later, {"checkpoint_every": 5, "early_stopping_patience": None}, "training").checkpoint_every == 5
     with pytest.raises(ConfigError, match=re.escape("training.checkpoint_every='5' must be an integer, not a string")):
-        from_dict(Later, {"checkpoint_every": "5"}, "training")
+        parse_group(Later, {"checkpoint_every": "5"}, "training")
     with pytest.raises(ConfigError, match=re.escape("training.early_stopping_patience=2.5 must be an integer or null")):
-        from_dict(Later, {"early_stopping_patience": 2.5}, "training")
+        parse_group(Later, {"early_stopping_patience": 2.5}, "training")
 
 
 def test_good_parameters_pass_and_ints_are_numbers():
-    configs = check_groups(yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text()) | {"training": {"lr": 1}},
-                           PARAMETER_GROUPS)
-    assert configs["training"].lr == 1.0 and isinstance(configs["training"].lr, float)
+    configs = parse_params(yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text()) | {"training": {"lr": 1}})
+    assert configs.training.lr == 1.0 and isinstance(configs.training.lr, float)
 
 
 # --- 2. the model's source, read (not loaded) ----------------------------------------------------

@@ -22,11 +22,10 @@ from support.export import (
     raw_rows,
 )
 
-from toptune.config import ConfigError
+from toptune.config import ConfigError, ExportConfig, PredictConfig, parse_group
 from toptune.data.table import DataValidationError, render_texts
-from toptune.serve.merge import ExportConfig, load_trained
+from toptune.serve.merge import load_trained
 from toptune.serve.predict import (
-    PredictConfig,
     load_predictor,
     logits_of,
     prepare_rows,
@@ -126,9 +125,9 @@ def test_prepare_rows_bad_rows_drop_counts_and_error_names_row():
 
 def test_configs_reject_bad_values():
     with pytest.raises(ConfigError, match="predict.bad_rows"):
-        PredictConfig(bad_rows="ignore")
+        parse_group(PredictConfig, {"bad_rows": "ignore"}, "predict")
     with pytest.raises(ConfigError, match="export.batch_size"):
-        ExportConfig(batch_size=0)
+        parse_group(ExportConfig, {"batch_size": 0}, "export")
 
 
 def test_predict_handles_empty_and_all_bad_tables(exported):
@@ -168,7 +167,7 @@ def test_pyfunc_round_trip_equals_predict_node(exported, tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    expected, stats = predict(raw, str(exported["merged"]), {"bad_rows": "drop", "progress": False})
+    expected, stats = predict(raw, str(exported["merged"]), PredictConfig(bad_rows="drop", progress=False))
     assert stats["dropped_empty_text"]["value"] == 1 and len(expected) == 23
     pyfunc = pd.DataFrame(got["drop"])
     assert pyfunc["id"].tolist() == expected["id"].tolist()

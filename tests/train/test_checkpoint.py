@@ -21,6 +21,7 @@ from toptune.config import (
     ModelConfig,
     RunConfig,
     TrainingConfig,
+    parse_group,
 )
 from toptune.train import distributed
 from toptune.train.checkpoint.fingerprint import fingerprint
@@ -156,7 +157,7 @@ def test_early_stopping(tiny_qwen3, data, tmp_path):
 def test_parameters_checked(monkeypatch):
     for field, value in (("metric_for_best", "f1"), ("checkpoint_every", -1), ("early_stopping_patience", -2), ("resume", "")):
         with pytest.raises(ConfigError, match=f"training.{field}="):
-            TrainingConfig(**{field: value})
+            parse_group(TrainingConfig, {field: value}, "training")
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"training.batch_size=16 does not divide by the 3 processes"):
         distributed.check_divides(16)
