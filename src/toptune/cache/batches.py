@@ -134,6 +134,12 @@ def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int,
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _use_gpu(gpu: int | None) -> None:
+    """The prefetch thread's start: work on the caller's GPU (None: the CPU)."""
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+
+
 def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
                depth: int = PREFETCH_BATCHES, device: torch.device | None = None) -> Iterator[Batch]:
     """``make(item)`` for each item, in order, computed by one background thread up to ``depth`` items
@@ -150,9 +156,8 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
     # Resolved here, in the caller's thread: a bare ``cuda`` means the caller's current GPU.
     gpu = (device.index if device.index is not None else torch.cuda.current_device()) \
         if device is not None and device.type == "cuda" else None
-    on_gpu = {"initializer": torch.cuda.set_device, "initargs": (gpu,)} if gpu is not None else {}
     ahead: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD, **on_gpu) as pool:
+    with ThreadPoolExecutor(1, PREFETCH_THREAD, _use_gpu, (gpu,)) as pool:
         try:
             for item in items:
                 ahead.append(pool.submit(make, item))

@@ -34,7 +34,8 @@ class _Writer:
     itself). At most ``depth`` batches wait: host memory stays bounded by a few batches."""
 
     def __init__(self, out: AtomicFile, depth: int = 2):
-        self.out, self.error = out, None
+        self.out = out
+        self.error: BaseException | None = None
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._work, name="toptune-cache-writer", daemon=True)
         self.thread.start()

@@ -42,7 +42,7 @@ class CacheDiskFull(ValueError):
     """The disk cannot hold the cache; the message names the directory, bytes needed and bytes free."""
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -137,7 +137,7 @@ def write_manifest(directory: Path, fp: dict, plan: list[ShardJob], meta: dict) 
     """The manifest, once every job of ``plan`` has its receipt (checked by size; each was hashed when
     written), with ``meta`` (``dtype``, ``compute_dtype``, ``hidden_size``, ``build_seconds``, …).
     The step after a build, run once (by one process when several built)."""
-    key, splits = fingerprint_key(fp), {}
+    key, splits = fingerprint_key(fp), dict[str, dict]()
     for job in plan:
         receipt = read_receipt(directory, job, key, verify=False)
         if receipt is None:

@@ -51,7 +51,7 @@ def is_debris(name: str, own_pid: int | None = None) -> re.Match | None:
 def clear_debris(parent: str | Path, own_pid: int | None = None) -> list[str]:
     """Clear the debris of dead processes on this host (and of ``own_pid``) in ``parent``; returns
     what was done, one line per file or directory."""
-    parent, done = Path(parent), []
+    parent, done = Path(parent), list[str]()
     if not parent.is_dir():
         return done
     for entry in sorted(parent.iterdir()):

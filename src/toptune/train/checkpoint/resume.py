@@ -91,7 +91,7 @@ def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = No
             return Selection(None, "refused", f"training.resume={resume}: refused, made for another configuration: "
                                               f"{'; '.join(reasons)}")
         return Selection(ck, "given")
-    skipped = []
+    skipped: list[tuple[Checkpoint, str]] = []
     for ck in newest_first(directory):
         reasons = refusal(ck, fp, run_id, skip) or (also(ck) if also else [])
         if not reasons:
@@ -149,7 +149,7 @@ class Checkpoints:
 
     def due(self, step: int) -> bool:
         """Whether optimiser step ``step`` ends with a checkpoint (besides the epoch ends)."""
-        return bool(self.every) and step % self.every == 0
+        return self.every is not None and self.every > 0 and step % self.every == 0
 
     def choose(self) -> dict | None:
         """The metadata (with its ``path``) of the checkpoint this run continues, on every process (rank 0
