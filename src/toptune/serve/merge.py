@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from toptune.config import ConfigError
 from toptune.data.tokens import encode
 from toptune.io.atomic import staging_dir, swap_dir
 from toptune.model.tokenizer import load_tokenizer
@@ -31,42 +30,10 @@ from toptune.serve.bundle import (
     write_bundle,
 )
 from toptune.serve.predict import (
-    BAD_ROW_POLICIES,
     ServingConfig,
     logits_of,
     prepare_rows,
 )
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-@dataclass
-class ExportConfig:
-    """The ``export`` pipeline (parameters ``export.*``)."""
-
-    check_rows: int = 64
-    """Example rows of the bundle on which the merged model's logits are compared with the adapter's; 0 skips."""
-    merge_atol: float = 1e-4
-    """Largest allowed |merged logit - adapter logit| (fp32); the export fails beyond it."""
-    registered_model_name: str | None = "toptune-classifier"
-    """Register the pyfunc model under this name when the store has a registry; null = don't."""
-    example_rows: int = 5
-    """Example rows of the bundle saved as the pyfunc model's input example (and used to infer the signature)."""
-    bad_rows: str = "error"
-    """Default policy of the pyfunc / REST model for bad rows (``error`` | ``drop``); a request can
-    override it with ``params: {bad_rows: drop}``."""
-    batch_size: int = 64
-    """Default rows per forward pass of the pyfunc / REST model."""
-
-    def __post_init__(self) -> None:
-        _check(self.check_rows >= 0, f"export.check_rows={self.check_rows} must be >= 0")
-        _check(self.merge_atol > 0, f"export.merge_atol={self.merge_atol} must be > 0")
-        _check(self.example_rows >= 1, f"export.example_rows={self.example_rows} must be >= 1")
-        _check(self.bad_rows in BAD_ROW_POLICIES, f"export.bad_rows={self.bad_rows!r} must be 'drop' or 'error'")
-        _check(self.batch_size >= 1, f"export.batch_size={self.batch_size} must be >= 1")
 
 
 def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str]):

@@ -17,6 +17,7 @@ from toptune.config import (
     DEFAULT_MODEL_PATH,
     LoraSettings,
     ModelConfig,
+    PrefixMode,
     RunConfig,
     TrainingConfig,
 )
@@ -98,7 +99,7 @@ def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     return check.as_dict()
 
 
-def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], decided_mode: str | None = None,
+def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], decided_mode: PrefixMode | None = None,
                    run_id: str | None = None, directory: str | Path = CHECKPOINT_DIR) -> tuple[TrainingConfig, Checkpoints]:
     """The training parameters with ``prefix_mode`` decided, and the run's checkpoints (fingerprinted
     with the decided mode, ``run_id`` beside them). ``auto`` takes the mode of the checkpoint the run
