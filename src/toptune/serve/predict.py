@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
@@ -37,6 +36,9 @@ from toptune.data.tokens import encode
 from toptune.model import families
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import Bundle, read_bundle
+
+if TYPE_CHECKING:  # a type only: a merged model is served without PEFT installed
+    from peft import PeftModel
 
 TEXT_COLUMN = "text"
 """A column of already-serialised texts, accepted when the table lacks the template's columns."""
