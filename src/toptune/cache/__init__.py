@@ -11,7 +11,8 @@ Along the data's way:
 
     fingerprint.py   what the stored values depend on (a cache is used only for an equal fingerprint)
     plan.py          the build as independent shard jobs (split, shard → examples, in build order)
-    build.py         run the prefix per job, stream each batch to its shard; resume; manifest last
+    build.py         the build: clean up, resume complete shards, check the disk, the jobs, manifest last
+    shard.py         one shard job: the prefix over its examples, each batch streamed to disk by a writer thread
     store.py         the layout on disk: receipts, clean-up, manifest, validation
     read.py          a complete cache: manifest, memory-mapped shards, one split at a time
     batches.py       batch order (live order or length-bucketed), gather, prefetch thread
