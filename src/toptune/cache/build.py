@@ -1,8 +1,8 @@
 """Building the cache: the prefix run once per example, streamed to disk shard by shard.
 
 Each shard job (:mod:`toptune.cache.plan`) runs the prefix (eval mode, ``no_grad``) over its
-examples in length-sorted batches of ~``BUILD_BATCH_TOKENS`` and appends each batch's real rows to
-the shard's temporary file as it comes: host memory holds one batch, never a shard or a split.
+examples in length-sorted batches and appends each batch's real rows to the shard's temporary file
+as it comes (:mod:`toptune.cache.shard`): host memory holds a few batches, never a shard or a split.
 A build first removes what cannot be used (another fingerprint's shards, temp files of dead
 processes), keeps the complete shards of an interrupted build of the same fingerprint, checks
 that the disk holds the rest, builds the missing shards, and then (one step, once) writes the
