@@ -1,30 +1,33 @@
 """Typed run configuration: one pydantic dataclass per parameter group of ``conf/base/parameters*.yml``
-(:mod:`toptune.config.groups`), parsed once from Kedro's parameters (:mod:`toptune.config.parse`), and the
-parameter reference written from their docstrings (:mod:`toptune.config.reference`)."""
+(:mod:`toptune.config.groups`, in the words of :mod:`toptune.config.types`), parsed once from Kedro's
+parameters (:mod:`toptune.config.parse`), and the parameter reference written from their docstrings
+(:mod:`toptune.config.reference`)."""
 
 from toptune.config.groups import (
+    GROUPS,
+    DataConfig,
+    ExportConfig,
+    InspectConfig,
+    LoraSettings,
+    ModelConfig,
+    PredictConfig,
+    RunConfig,
+    TrainingConfig,
+)
+from toptune.config.parse import parse_group, parse_params
+from toptune.config.types import (
     BAD_ROW_POLICIES,
     DEFAULT_MODEL_PATH,
-    GROUPS,
     INSPECT_MODES,
     METRICS_FOR_BEST,
     PREFIX_MODES,
     STRICT,
     BadRows,
-    DataConfig,
     Device,
     Dtype,
-    ExportConfig,
-    InspectConfig,
-    LoraSettings,
     MetricForBest,
-    ModelConfig,
-    PredictConfig,
     PrefixMode,
-    RunConfig,
-    TrainingConfig,
 )
-from toptune.config.parse import parse_group, parse_params
 from toptune.errors import ConfigError
 
 __all__ = [

@@ -1,52 +1,39 @@
 """One pydantic dataclass per parameter group of ``conf/base/parameters*.yml``: a docstring and a default per
 field (the only place the defaults live), the type and the allowed range in the annotation.
 
-Strict (``STRICT``): a string is not a number (``lr: "3e-3"`` fails), a bool is not an integer, an integer
-is a number (``lr: 1`` becomes 1.0), an unknown key is refused. Building a group validates it; a Kedro
-parameter dict becomes one through :func:`toptune.config.parse.parse_group`, which says what is wrong in
-one line naming the parameter. What no annotation can say (a template naming a column, K or a list of
-block indices) is the group's ``__post_init__``.
+Strict (:data:`toptune.config.types.STRICT`): a string is not a number (``lr: "3e-3"`` fails), a bool is not
+an integer, an integer is a number (``lr: 1`` becomes 1.0), an unknown key is refused. Building a group
+validates it; a Kedro parameter dict becomes one through :func:`toptune.config.parse.parse_group`, which
+says what is wrong in one line naming the parameter. What no annotation can say (a template naming a
+column, K or a list of block indices) is the group's ``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from toptune.config.types import (
+    DEFAULT_MODEL_PATH,
+    INSPECT_MODES,
+    STRICT,
+    BadRows,
+    Count,
+    Device,
+    Dtype,
+    HeldOut,
+    MetricForBest,
+    NonBlank,
+    NonNegative,
+    Positive,
+    PrefixMode,
+    Share,
+    Split,
+)
 from toptune.errors import ConfigError
-
-STRICT = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
-"""Every group's validation: no coercion but int → float, unknown keys refused, the field docstrings kept
-as the fields' descriptions (``docs/reference/parameters.md`` is written from them)."""
-
-DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
-"""Where the embedded default (seeded tiny Qwen3 + offline Qwen tokenizer) is written on first use."""
-
-PrefixMode = Literal["auto", "no_grad", "autograd", "cache"]
-PREFIX_MODES: tuple[str, ...] = typing.get_args(PrefixMode)
-"""How the frozen prefix runs (``training.prefix_mode``)."""
-MetricForBest = Literal["macro_f1", "accuracy", "loss"]
-METRICS_FOR_BEST: tuple[str, ...] = typing.get_args(MetricForBest)
-"""Validation metrics that can pick the kept epoch (``training.metric_for_best``)."""
-BadRows = Literal["drop", "error"]
-BAD_ROW_POLICIES: tuple[str, ...] = typing.get_args(BadRows)
-"""What becomes of a row with an empty or non-string text cell (``data.bad_rows``, ``predict.bad_rows``, …)."""
-Device = Literal["auto", "cpu", "cuda"]
-Dtype = Literal["auto", "float32", "bfloat16"]
-Split = Literal["train", "val", "test"]
-INSPECT_MODES = ("full", "lora_all", "topk_autograd", "topk_autograd_input_grads", "topk_no_grad", "topk_cached")
-"""The modes ``kedro run --pipeline inspect`` can measure (``inspect.modes``)."""
-
-Count = Annotated[int, Field(ge=1)]
-NonNegative = Annotated[int, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
-Share = Annotated[float, Field(ge=0, lt=1)]
-HeldOut = Annotated[float, Field(gt=0, lt=0.5)]
-NonBlank = Annotated[str, Field(pattern=r"\S")]
 
 
 @dataclass(config=STRICT)
