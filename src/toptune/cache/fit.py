@@ -1,7 +1,9 @@
 """Training and prediction on the cache: the same loop as the live modes, fed from stored states.
 
-    build  : embed → blocks[0:first]  once per example                 → training.cache_dir
-    epochs : cache → blocks[first:L-1] → last block at the pooled token → norm → score
+    build  : embed → blocks[0:F]  once per example                 → training.cache_dir
+    epochs : cache → blocks[F:L-1] → last block at the pooled token → norm → score
+
+(F = ``first_trainable_block``, L blocks.)
 
 On CUDA the prefix's weights leave the device for the cached epochs (they are never used there).
 """
@@ -23,8 +25,8 @@ from toptune.cache.store import human_bytes
 from toptune.config import TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.model.load import backbone
-from toptune.train.checkpoint.resume import Checkpoints
 from toptune.train.batches import eval_split
+from toptune.train.checkpoint.resume import Checkpoints
 from toptune.train.history import EvalResult
 from toptune.train.loop import TrainResult, train
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def prefix_modules(clf) -> list[nn.Module]:
-    """The modules only the prefix uses: the token embedding and blocks ``0 … first-1``."""
+    """The modules only the prefix uses: the token embedding and blocks ``0 … first_trainable_block-1``."""
     inner = backbone(clf.model)
     return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first_trainable_block)]]
 

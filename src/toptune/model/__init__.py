@@ -1,1 +1,1 @@
-"""The model: load a Qwen checkpoint as a classifier, its family, tokenizer, LoRA, precision."""
+"""The model: load a Qwen base checkpoint as a classifier, its family, tokenizer, LoRA, precision."""

@@ -1,4 +1,4 @@
-"""Load any open Qwen checkpoint as a sequence classifier, the way its hub repo ships it.
+"""Load any open Qwen base checkpoint as a sequence classifier, the way its hub repo ships it.
 
 ``AutoModelForSequenceClassification.from_pretrained`` on a hub id or a local directory, with a new
 (seeded) ``score`` head. Qwen3.5 checkpoints are vision + language models: only the language model is
@@ -44,7 +44,7 @@ LINEAR_ATTENTION_KERNELS = ("fla", "causal_conv1d")
 
 
 def text_config(name_or_path: str | Path):
-    """The language model's config of a checkpoint (the whole config, or ``text_config`` of a composite one)."""
+    """The language model's config of a base checkpoint (the whole config, or ``text_config`` of a composite one)."""
     return AutoConfig.from_pretrained(str(name_or_path)).get_text_config()
 
 
@@ -55,7 +55,7 @@ def load_classifier(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """The checkpoint's language model with a new ``score`` head (initialised under ``seed``), label maps set.
+    """The base checkpoint's language model with a new ``score`` head (initialised under ``seed``), label maps set.
 
     ``pad_token_id`` goes on the config since the model pools at the rightmost token that is not padding
     (many Qwen3 configs lack one; Qwen3.5's lives on its text config). The KV / recurrent cache is off:

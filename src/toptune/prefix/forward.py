@@ -14,7 +14,8 @@ linear attention), rotary / M-RoPE positions and every block type come from tran
 Pooling is done here, at the rightmost token that is not ``pad_token_id`` — the stock classifier's
 rule, which it cannot apply to ``inputs_embeds`` (it would pool at position −1, wrong under right
 padding). Tests hold the forward split to the stock logits and gradients for every family; before training, a
-run checks it once more on its own checkpoint and first batch (:func:`toptune.prefix.selfcheck.check_forward_split`).
+run checks it once more on its own base checkpoint and first batch
+(:func:`toptune.prefix.selfcheck.check_forward_split`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The forward split checks itself on the user's checkpoint: stock forward vs forward split on the run's first batch.
+"""The forward split checks itself on the user's base checkpoint: stock forward vs forward split on the
+run's first batch.
 
 Tests hold the forward split to the stock forward on tiny checkpoints of every family; a real checkpoint (or a
 model type nobody tested) gets the same check before any training or cache build, on its own weights
@@ -24,7 +25,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 
 class ForwardSplitMismatch(RuntimeError):
-    """The forward split does not reproduce the stock forward of this checkpoint; the message says by how much."""
+    """The forward split does not reproduce the stock forward of this base checkpoint; the message says by how much."""
 
 
 @dataclass
@@ -38,15 +39,15 @@ class ForwardSplitCheck:
     tolerance: float
     """The bound it was held to."""
     model_type: str
-    """The checkpoint's (text) model type."""
+    """The base checkpoint's (text) model type."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 @torch.no_grad()
-def check_forward_split(model: PeftModel | PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
-                        autocast=None) -> ForwardSplitCheck:
+def check_forward_split(model: PeftModel | PreTrainedModel, input_ids: Tensor, attention_mask: Tensor,
+                        first_trainable_block: int, autocast=None) -> ForwardSplitCheck:
     """Logits of the stock forward and of the forward split on one batch, in eval mode (no dropout); raises
     :class:`ForwardSplitMismatch` with one line naming the model type and the difference above tolerance."""
     was_training = model.training

@@ -1,7 +1,7 @@
 """From a trained adapter bundle to a merged one: fold LoRA into the base weights and save a plain
-transformers checkpoint that predicts with no PEFT in the loop (see :mod:`toptune.serve.predict`).
+transformers model directory that predicts with no PEFT in the loop (see :mod:`toptune.serve.predict`).
 
-The merged checkpoint (``data/06_models/merged/``) is a bundle (:mod:`toptune.serve.bundle`): safetensors
+The merged model (``data/06_models/merged/``) is a bundle (:mod:`toptune.serve.bundle`): safetensors
 weights whose LoRA updates ``W + (alpha/r)·B·A`` are folded in, a config with ``id2label`` /
 ``label2id`` / ``pad_token_id``, the tokenizer files, ``toptune.json`` and ``examples.json``.
 :func:`export_bundle` reads only the adapter bundle: its labels, template, token limit, example rows
@@ -21,6 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from toptune.data.tokens import encode
 from toptune.io.atomic import staging_dir, swap_dir
+from toptune.model.load import load_classifier
+from toptune.model.lora import load_adapter, merge
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import (
     Bundle,
@@ -34,6 +36,7 @@ from toptune.serve.predict import (
     logits_of,
     prepare_rows,
 )
+from toptune.train.recipe import resolve_base_checkpoint
 
 
 def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str]):
@@ -41,17 +44,14 @@ def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[
 
     Returns ``(PeftModel, tokenizer)`` in eval mode, fp32 on CPU.
     """
-    from toptune.model.load import load_classifier
-    from toptune.model.lora import load_adapter
-
     tok = load_tokenizer(base_path)
     model = load_classifier(base_path, id2label, tok.pad_token_id)
     return load_adapter(model, str(adapter_dir)).eval(), tok
 
 
 @dataclass
-class MergedCheckpoint:
-    """A merged classifier ready to save as a plain transformers checkpoint."""
+class MergedModel:
+    """A merged classifier ready to save as a plain transformers model directory."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -67,7 +67,7 @@ class MergedCheckpoint:
         """Write weights (safetensors), config, tokenizer files, ``toptune.json`` and ``examples.json``.
 
         Written to a staging directory and swapped in, so a failed save never leaves a half-written
-        checkpoint or files of an older one.
+        merged model or files of an older one.
         """
         if self.bundle is None:
             raise ValueError("a merged checkpoint is saved with its bundle manifest (see export_bundle)")
@@ -81,14 +81,12 @@ class MergedCheckpoint:
 
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], serving: ServingConfig,
                   check_input_ids: list[list[int]] | None = None, atol: float = 1e-4,
-                  batch_size: int = 32) -> MergedCheckpoint:
+                  batch_size: int = 32) -> MergedModel:
     """Fold the adapter into the base weights (PEFT ``merge_and_unload``).
 
     With ``check_input_ids``, the merged model's logits on them are compared with the adapter model's
     first, and a difference above ``atol`` raises (a merge that changes predictions must not ship).
     """
-    from toptune.model.lora import merge
-
     peft_model, tok = load_trained(base_path, adapter_dir, id2label)
     before = logits_of(peft_model, check_input_ids, tok.pad_token_id, batch_size) if check_input_ids else None
     merged = merge(peft_model).eval()  # (PEFT wrappers gone: Qwen*ForSequenceClassification)
@@ -101,20 +99,18 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict
         check = {"merge_check_rows": float(len(check_input_ids)), "merge_max_abs_diff": diff}
         if diff > atol:
             raise RuntimeError(f"merged logits differ from the adapter's by {diff:.3g} > export.merge_atol={atol}")
-    return MergedCheckpoint(merged, tok, serving, check)
+    return MergedModel(merged, tok, serving, check)
 
 
-def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1e-4) -> MergedCheckpoint:
+def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1e-4) -> MergedModel:
     """Merge the adapter bundle at ``adapter_dir`` into its base checkpoint, reading nothing else.
 
     The base checkpoint must hash as it did in training; the merged logits are compared with the
     adapter's on up to ``check_rows`` of the bundle's example rows (a merge that changes predictions
     must not ship).
     """
-    from toptune.train.recipe import resolve_model_path
-
     adapter = read_bundle(adapter_dir, "adapter")
-    base = resolve_model_path(adapter.base_model)
+    base = resolve_base_checkpoint(adapter.base_model)
     check_base(adapter, base)
     serving = ServingConfig.of(adapter)
     examples = read_examples(adapter_dir)
