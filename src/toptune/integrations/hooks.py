@@ -21,6 +21,7 @@ def git_commit() -> str:
 
 def run_tags(pipeline_name: str | None) -> dict[str, str]:
     """Tags of a run: pipeline, git commit, library versions, device."""
+    # heavy: ~3 s of imports; Kedro loads the hooks on every command, a run needs them only when it starts
     import peft
     import torch
     import transformers

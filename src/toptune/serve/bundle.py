@@ -1,6 +1,6 @@
 """One model, one bundle: the files that define a trained model travel in its directory.
 
-A bundle is a model directory (the PEFT adapter, ``data/06_models/adapter/``, or the merged checkpoint,
+A bundle is a model directory (the PEFT adapter, ``data/06_models/adapter/``, or the merged model,
 ``data/06_models/merged/``) plus ``toptune.json``: the label map, the text template and columns, the
 token limit, the base checkpoint (name, model type, a hash of its weights), a hash of the tokenizer
 files, the trainable blocks, a hash of the bundle's own weights and the MLflow run that trained it;

@@ -1,4 +1,4 @@
-"""Compose the pieces of a run: resolve the checkpoint, load tokenizer and classifier, add adapters,
+"""Compose the pieces of a run: resolve the base checkpoint, load tokenizer and classifier, add adapters,
 train in the configured prefix mode, predict. Kedro nodes and the benchmark call these."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from toptune.cache import fit_cached, resolve_prefix_mode
 from toptune.config import (
     DEFAULT_MODEL_PATH,
     LoraSettings,
@@ -28,7 +29,7 @@ from toptune.model.lora import add_adapters, param_counts
 from toptune.model.precision import resolve_dtype, trainable_in_fp32
 from toptune.model.tiny import ensure_tiny_qwen
 from toptune.model.tokenizer import load_tokenizer
-from toptune.prefix.selfcheck import split_check
+from toptune.prefix import selfcheck
 from toptune.train import distributed
 from toptune.train.batches import eval_split, live_batches, live_logits
 from toptune.train.checkpoint.fingerprint import fingerprint
@@ -40,8 +41,8 @@ from toptune.train.loop import TrainResult, train
 log = logging.getLogger(__name__)
 
 
-def resolve_model_path(name_or_path: str, project_root: str | Path = ".") -> str:
-    """The checkpoint to load: the embedded default is written on first use; anything else is passed
+def resolve_base_checkpoint(name_or_path: str, project_root: str | Path = ".") -> str:
+    """The base checkpoint to load: the embedded default is written on first use; anything else is passed
     through (hub id or local directory) for ``from_pretrained`` to resolve."""
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH):
         # Under torchrun: rank 0 writes it, the others find it written (or write their machine's copy).
@@ -55,14 +56,14 @@ class Classifier:
 
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
-    trainable_layers: list[int]
+    trainable_blocks: list[int]
     """Trainable block indices (``model.trainable_layers`` resolved against the checkpoint)."""
     device: torch.device
 
     @property
     def first_trainable_block(self) -> int:
         """Lowest trainable block: blocks below it are the frozen prefix."""
-        return min(self.trainable_layers)
+        return min(self.trainable_blocks)
 
     @property
     def num_layers(self) -> int:
@@ -78,23 +79,24 @@ def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[
     """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks (under
     ``torchrun``, after joining the job's process group: the model goes to this process's device)."""
     distributed.init()
-    path = resolve_model_path(model_cfg.name_or_path)
+    path = resolve_base_checkpoint(model_cfg.name_or_path)
     tok = tokenizer or load_tokenizer(path)
     dev = resolve_device(device)
     model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
-    layers = model_cfg.trainable_blocks(len(decoder_layers(model)))
-    peft_model = trainable_in_fp32(add_adapters(model, lora, layers)).to(dev)
-    return Classifier(peft_model, tok, layers, dev)
+    trainable_blocks = model_cfg.trainable_blocks(len(decoder_layers(model)))
+    peft_model = trainable_in_fp32(add_adapters(model, lora, trainable_blocks)).to(dev)
+    return Classifier(peft_model, tok, trainable_blocks, dev)
 
 
-def check_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
-    """Stock vs split forward on the first ``batch_size`` examples of ``enc`` (the run's first batch); the
-    measured difference, or :class:`toptune.prefix.selfcheck.SplitMismatch` naming the model type."""
-    first = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
-    b = next(first.load(first.order(0)[:1]))
-    check = split_check(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, autocast(clf.device))
+def check_forward_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
+    """Stock forward vs forward split on the first ``batch_size`` examples of ``enc`` (the run's first batch); the
+    measured difference, or :class:`toptune.prefix.selfcheck.ForwardSplitMismatch` naming the model type."""
+    batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
+    b = next(batches.load(batches.order(0)[:1]))
+    check = selfcheck.check_forward_split(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block,
+                                          autocast(clf.device))
     if not families.is_tested(check.model_type):
-        log.warning("model type %r is untested; its split check passed (max |Δlogit| %.2e on %d examples)",
+        log.warning("model type %r is untested; its forward split check passed (max |Δlogit| %.2e on %d examples)",
                     check.model_type, check.max_abs_logit_diff, check.rows)
     return check.as_dict()
 
@@ -116,8 +118,6 @@ def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], de
                      chosen["path"], decided_mode)
         training = dataclasses.replace(training, prefix_mode=mode)
         if mode == "auto":
-            from toptune.cache import resolve_prefix_mode
-
             training, _ = resolve_prefix_mode(clf, data, training)
         checkpoints.fingerprint = fingerprint(dataclasses.replace(cfg, training=training), world, clf.device.type, data)
     return training, checkpoints
@@ -128,12 +128,8 @@ def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoi
     resolved here unless the caller already did); with ``checkpoints``, checkpointing and resuming as they
     say. The model ends with the best epoch's weights."""
     if cfg.prefix_mode == "auto":
-        from toptune.cache import resolve_prefix_mode
-
         cfg, _ = resolve_prefix_mode(clf, data, cfg)
     if cfg.prefix_mode == "cache":
-        from toptune.cache import fit_cached
-
         return fit_cached(clf, data, cfg, checkpoints=checkpoints)
     logits_fn = live_logits(clf.model, clf.first_trainable_block, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
@@ -158,4 +154,4 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def describe(clf: Classifier) -> dict[str, int | str]:
     """Flat facts about the model for logging: block split and parameter counts."""
     return {"num_layers": clf.num_layers, "first_trainable_block": clf.first_trainable_block,
-            "trainable_layers": ",".join(map(str, clf.trainable_layers)), **param_counts(clf.model)}
+            "trainable_layers": ",".join(map(str, clf.trainable_blocks)), **param_counts(clf.model)}
