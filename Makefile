@@ -1,4 +1,5 @@
-# toptune: `make run` sets up .venv and runs the default pipeline; `make test` runs the suite.
+# toptune: `make run` sets up .venv and runs the default pipeline; `make test` runs the suite (what CI runs),
+# `make test-fast` the unit tests only (not the tests marked slow).
 # `make mlflow-server` starts the shared MLflow tracking server on http://127.0.0.1:$(MLFLOW_PORT)
 # (sqlite store, proxied artifacts, basic auth; data in mlflow-server*.db and mlflow-server-artifacts/
 # at the project root). It needs the admin password in MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters;
@@ -19,7 +20,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: run test lint bench bench-scale venv data clean mlflow-server
+.PHONY: run test test-fast lint bench bench-scale venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -34,6 +35,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The unit tests (no Kedro session, subprocess, server or bench run): under 2 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # `make lint`: ruff's rules and format check on the code, mypy on the library (settings in pyproject.toml);
 # .ci/run runs it before the tests. `.venv/bin/pre-commit install` runs the same checks before each

@@ -62,9 +62,10 @@ def tiny_qwen2(tmp_path_factory, tokenizer_dir):
     return write_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2"), TinyQwenSpec(model_type="qwen2", **SMALL), tokenizer_dir)
 
 
-@pytest.fixture(scope="session", params=["qwen3", "qwen2"])
+@pytest.fixture(scope="session", params=["qwen3", pytest.param("qwen2", marks=pytest.mark.slow)])
 def tiny_checkpoint(request, tiny_qwen3, tiny_qwen2):
-    """Each test using it runs on a tiny Qwen3 and a tiny Qwen2 checkpoint."""
+    """Each test using it runs on a tiny Qwen3 and a tiny Qwen2 checkpoint (`make test-fast`: Qwen3 only;
+    every other family is in tests/model/test_families.py)."""
     return {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[request.param]
 
 
@@ -100,3 +101,23 @@ def data(tokenizer):
         return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
 
     return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
+
+
+@pytest.fixture
+def plain_sgd(monkeypatch):
+    """The library's AdamW replaced by plain SGD (same learning rates and schedule) while the test runs: for
+    tests that compare the weights two equivalent training runs end with. SGD steps by ``lr·g``, so
+    last-bit gradient differences stay last-bit weight differences; AdamW's step is about ``lr`` whatever
+    ``g`` is, and turns a sign flip near zero into an lr-sized difference (see support/optim.py).
+    Yields the optimisers it built: the test fails if the library built none (AdamW reached another way)."""
+    import torch
+
+    built: list[torch.optim.Optimizer] = []
+
+    def sgd(params, lr: float, weight_decay: float = 0.0, **_adamw_only):
+        built.append(torch.optim.SGD(params, lr=lr, weight_decay=weight_decay))
+        return built[-1]
+
+    monkeypatch.setattr(torch.optim, "AdamW", sgd)
+    yield built
+    assert built, "training built no optimiser through torch.optim.AdamW: plain_sgd did not take"

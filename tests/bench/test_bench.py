@@ -49,6 +49,7 @@ def tracked_runs(tmp_path, monkeypatch) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+@pytest.mark.slow
 def test_bench_runs_every_variant_and_writes_the_report(config, tmp_path, monkeypatch):
     from toptune.integrations import bench as cli
 
@@ -109,6 +110,7 @@ def test_hf_baseline_starts_from_toptune_weights(config):
         assert torch.equal(ours[name], theirs[name]), name
 
 
+@pytest.mark.slow
 def test_gpu_bench_code_path_runs_on_cpu_at_tiny_size(config, small_spec, tmp_path):
     """The Qwen3-4B-shaped bench's functions (bf16 checkpoint written once, joined texts of exactly
     ``max_length`` tokens, bf16 weights, HF Trainer vs the cache) on a tiny shape, on the CPU."""
@@ -144,6 +146,7 @@ def test_joined_reviews_fill_the_sequence():
     assert out["label"].tolist() == ["x", "y", "z", "x"] and out["id"].is_unique
 
 
+@pytest.mark.slow
 def test_bench_scale_writes_its_json_from_fresh_processes(tiny_qwen3, small_spec, tmp_path, monkeypatch):
     from toptune.integrations import bench_scale as cli
 
@@ -190,10 +193,19 @@ def test_repeated_table_gives_fresh_ids():
     assert out["review"].tolist() == ["a", "b"] * 3
 
 
+def held_for_samples(rss: RssSampler, n: int, timeout: float = 60.0) -> None:
+    """Wait until ``rss``'s thread has read ``n`` more times: on a loaded machine the thread wakes late, so
+    a fixed sleep could end before it read at all."""
+    want, deadline = rss.samples + n, time.monotonic() + timeout
+    while rss.samples < want:
+        assert time.monotonic() < deadline, f"the sampler read {rss.samples - want + n} times in {timeout} s"
+        time.sleep(0.01)
+
+
 def test_rss_sampler_sees_an_allocation_held_in_the_block():
     with RssSampler(interval=0.01) as rss:
         block = np.ones(200 * MiB // 8)  # 200 MiB written, so resident
-        time.sleep(0.2)  # several sampling intervals while it is held
+        held_for_samples(rss, 2)  # read by the thread while it is held
         del block  # freed before the block ends: only the thread can have seen it
     assert rss.peak_bytes - rss.start_bytes >= 190 * MiB
     assert rss.end_bytes - rss.start_bytes < 50 * MiB
@@ -225,6 +237,7 @@ def _rss_file() -> int:
     return int(line.split()[1]) * 1024
 
 
+@pytest.mark.slow
 def test_the_bench_package_imports_neither_kedro_nor_mlflow():
     import subprocess
     import sys
@@ -232,7 +245,8 @@ def test_the_bench_package_imports_neither_kedro_nor_mlflow():
     code = ("import importlib, pkgutil, sys, toptune.bench\n"
             "for m in pkgutil.iter_modules(toptune.bench.__path__): importlib.import_module('toptune.bench.' + m.name)\n"
             "import toptune.bench.rss\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
+            "print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
             "      + ([] if 'toptune.bench.scale' in sys.modules else ['toptune.bench.scale missing']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

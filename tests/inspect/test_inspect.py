@@ -70,7 +70,8 @@ def batch_of(tokenizer, texts=TEXTS, labels=(0, 1, 2, 0)):
     return collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
 
 
-@pytest.fixture(scope="module", params=[("qwen3", 1), ("qwen2", 2)], ids=["qwen3-K1", "qwen2-K2"])
+@pytest.fixture(scope="module", params=[pytest.param(("qwen3", 1), id="qwen3-K1"),
+                                        pytest.param(("qwen2", 2), id="qwen2-K2", marks=pytest.mark.slow)])
 def report(request, tiny_qwen3, tiny_qwen2, tokenizer):
     kind, k = request.param
     path = {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[kind]
@@ -115,6 +116,7 @@ def test_estimate_within_20_percent_of_measurement(report):
         assert 0.8 <= ratio <= 1.2, f"{mode}: measured/estimated = {ratio:.3f}"
 
 
+@pytest.mark.slow
 def test_estimate_on_an_unpadded_batch(tiny_qwen2, tokenizer):
     """No padding: no float mask, and sdpa keeps k / v at their own heads (grouped-query attention)."""
     ids = torch.randint(0, 5000, (3, 12), generator=torch.Generator().manual_seed(0))
@@ -135,6 +137,7 @@ def test_estimate_scales_with_the_shapes():
     assert 2 * 2**30 < estimate_top_k(s, 4, pooled_last_block=False) < 3 * 2**30  # the README's Qwen3-4B figure
 
 
+@pytest.mark.slow
 def test_cached_mode_reads_the_real_prefix_cache(tiny_qwen3, tokenizer, tmp_path):
     enc = encode(TEXTS, tokenizer, 64, labels=[0, 1, 2, 0])
     data = {"train": enc, "val": Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2], 0),

@@ -28,9 +28,9 @@ import yaml
 from kedro.io import DatasetError
 from kedro_datasets.pandas import CSVDataset
 from safetensors.torch import load_file, save_file
+
 from support.export import make_export, raw_rows, use_store
 from support.project import make_project, nested, run
-
 from toptune.config import STRICT, ConfigError, DataConfig, ModelConfig, parse_group, parse_params
 from toptune.data.table import DataValidationError, prepare_table, split_table
 from toptune.data.tokens import encode
@@ -425,6 +425,7 @@ def hold_lock(project: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_run_and_is_taken_over_from_a_dead_one(tmp_path):
     holder = hold_lock(tmp_path)
     try:
@@ -459,6 +460,7 @@ def runs_of(project: Path) -> list:
     return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
 
 
+@pytest.mark.slow
 def test_misspelt_group_stops_before_any_work(project):
     (project / "conf/local/parameters.yml").write_text("trainig: {epochs: 50}\n")
     with pytest.raises(ConfigError, match="unknown parameter group 'trainig'"):
@@ -466,6 +468,7 @@ def test_misspelt_group_stops_before_any_work(project):
     assert runs_of(project) == [] and not any((project / "data").glob("0[2-8]_*/*"))
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_logs_the_trace(project):
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     kedro = str(Path(sys.executable).parent / "kedro")
@@ -487,6 +490,7 @@ def f1_classes(run) -> set[str]:
     return {k.removeprefix("test.f1_") for k in run.data.metrics if k.startswith("test.f1_")}
 
 
+@pytest.mark.slow
 def test_failed_run_keeps_the_old_model_and_concurrent_runs_never_mix(project, tiny_qwen3):
     quick = {**QUICK, "model.name_or_path": str(tiny_qwen3)}
     run(project, quick)  # table A: negative / neutral / positive

@@ -23,6 +23,8 @@ from support.servers import free_port, stop_group, wait_answer
 from toptune.integrations import tracking
 from toptune.integrations.tracking import RUN_HTTP_LIMITS, TrackingServerError
 
+pytestmark = pytest.mark.slow  # a real tracking server, Kedro sessions and subprocesses against it
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mlflow_server.py"
 STARTUP_TIMEOUT_S = 180

@@ -8,6 +8,7 @@ step is 7.8e-3, so a path that diverged anywhere in the blocks would show).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from support.classifiers import ID2LABEL, batch, classifier
 
@@ -60,6 +61,7 @@ def test_trainable_parameters_are_fp32_under_bf16_weights(tiny_qwen3):
     assert states and {s.dtype for s in states} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_bf16_split_equals_bf16_stock_forward(tiny_checkpoint):
     for k in (1, 4):  # the deepest prefix, and none (K = L)
         clf = bf16_classifier(tiny_checkpoint, k)
@@ -90,6 +92,7 @@ def test_fp32_path_is_unchanged(tiny_qwen3):
     torch.testing.assert_close(split, stock, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_bf16_weights_train_on_cpu(tiny_qwen3):
     clf = bf16_classifier(tiny_qwen3)
     enc_batch = batch(clf.tokenizer, "right")

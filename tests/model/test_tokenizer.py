@@ -114,6 +114,7 @@ def test_tokenizer_family(model_type, family):
     assert tokenizer_family(model_type) == family
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,family", [("qwen3_5", "qwen3_5"), ("qwen3", "qwen2")])
 def test_checkpoint_without_tokenizer_gets_its_family(tmp_path, references, model_type, family):
     """A checkpoint directory with only its (real, hub-layout) config.json: the tokenizer of its model
@@ -127,6 +128,7 @@ def test_checkpoint_without_tokenizer_gets_its_family(tmp_path, references, mode
     assert ids(load_tokenizer(tmp_path), text) == references[family].encode(text)
 
 
+@pytest.mark.slow
 def test_shipped_tokenizer_loads_as_saved_in_a_qwen3_5_checkpoint(tmp_path, qwen3_5_tokenizer_dir, references):
     """AutoTokenizer rebuilds a qwen3_5 checkpoint's BPE with its model type's class, without tiktoken's
     whole-word lookup, and splits some words; load_tokenizer keeps the saved tokenizer.json."""

@@ -12,6 +12,8 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from support.project import make_project, run
 
+pytestmark = pytest.mark.slow  # real Kedro sessions, each a whole pipeline
+
 QUICK = {"data.sample_rows": 240, "training.epochs": 1, "training.progress": False}
 
 

@@ -17,7 +17,8 @@ from toptune.model.load import backbone, decoder_layers
 from toptune.prefix.forward import forward_logits, pool_index, run_prefix, run_top
 from toptune.train.recipe import fit
 
-SPLITS = [1, 2, 4]  # K: top block only, middle split, every block (no prefix)
+# K: top block only, middle split, every block (no prefix); `make test-fast` runs the middle split.
+SPLITS = [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("k", SPLITS)
@@ -71,7 +72,7 @@ def saved_bytes_by_block(model, run) -> dict[int, int]:
     return saved
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", SPLITS[:2])
 def test_prefix_saves_nothing_even_with_input_grads(tiny_checkpoint, tokenizer, k):
     clf = classifier(tiny_checkpoint, k)
     clf.model.enable_input_require_grads()  # what gradient checkpointing switches on
@@ -89,6 +90,7 @@ def test_prefix_saves_nothing_even_with_input_grads(tiny_checkpoint, tokenizer, 
     assert all(ours.get(i, 0) > 0 for i in top), "trainable blocks must still save activations"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["no_grad", "autograd"])
 def test_frozen_parameters_unchanged_by_training(tiny_qwen3, tokenizer, mode):
     clf = classifier(tiny_qwen3, 2)
@@ -135,12 +137,13 @@ def assert_fast_top_equals_stock(clf, b: dict) -> None:
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("k", SPLITS)
 def test_fast_top_equals_stock_blocks(tiny_checkpoint, tokenizer, side, k):
     clf = classifier(tiny_checkpoint, k)
     assert_fast_top_equals_stock(clf, batch(tokenizer, side))
 
 
+@pytest.mark.slow
 def test_fast_top_trains_unfrozen_biases(tiny_qwen2, tokenizer):
     """A LoRA projection whose frozen-by-default bias a user unfreezes still gets the bias gradient."""
     clf = classifier(tiny_qwen2, 2)

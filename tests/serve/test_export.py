@@ -41,6 +41,7 @@ def real_input_ids(tok, n: int = 16) -> list[list[int]]:
     return tok(render_texts(raw_rows(n), SERVING.text_template), add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_merged_logits_equal_adapter_logits(exported, tiny_qwen3):
     peft_model, tok = load_trained(tiny_qwen3, exported["adapter"], ID2LABEL)
     ids = real_input_ids(tok)
@@ -56,6 +57,7 @@ def test_merged_logits_equal_adapter_logits(exported, tiny_qwen3):
     assert not any("lora" in k or "modules_to_save" in k for k in merged)
 
 
+@pytest.mark.slow
 def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
     peft_model, tok = load_trained(tiny_qwen3, exported["adapter"], ID2LABEL)
     expected = logits_of(peft_model, real_input_ids(tok, 8), tok.pad_token_id, batch_size=8)
@@ -71,7 +73,8 @@ def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
         rows = pd.read_csv({str(REVIEWS)!r}).head(8)
         enc = tok(prepare_rows(rows, p.serving).texts, add_special_tokens=False)["input_ids"]
         print(json.dumps({{"id2label": m.config.id2label, "label2id": m.config.label2id, "pad": m.config.pad_token_id,
-                          "arch": m.config.architectures, "logits": logits_of(m, enc, m.config.pad_token_id, 4).tolist(),
+                          "arch": m.config.architectures,
+                          "logits": logits_of(m, enc, m.config.pad_token_id, 4).tolist(),
                           "labels": p.predict(prepare_rows(rows, p.serving))["label"].tolist()}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -130,6 +133,7 @@ def test_configs_reject_bad_values():
         parse_group(ExportConfig, {"batch_size": 0}, "export")
 
 
+@pytest.mark.slow
 def test_predict_handles_empty_and_all_bad_tables(exported):
     predictor = load_predictor(exported["merged"], device="cpu")
     out = predictor.predict(prepare_rows(pd.DataFrame({"text": ["", None]}), SERVING, "drop"))
@@ -139,6 +143,7 @@ def test_predict_handles_empty_and_all_bad_tables(exported):
 # --- MLflow pyfunc: logged to a (training) run in a real sqlite store, loaded in a fresh process ---
 
 
+@pytest.mark.slow
 def test_pyfunc_round_trip_equals_predict_node(exported, tmp_path, monkeypatch):
     import mlflow
 
