@@ -162,7 +162,8 @@ checkpoint, data_file, out, shard = sys.argv[1:5]
 out, data = Path(out), pickle.load(open(data_file, "rb"))
 clf = build_classifier(ModelConfig(name_or_path=checkpoint, trainable_layers=2), LoraSettings(r=4, alpha=8),
                        {0: "negative", 1: "neutral", 2: "positive"}, seed=0, device="cpu")
-class KillMidShard(list):  # kill -9 when the build reads tokens once a shard is complete and the next one's file is open
+# kill -9 when the build reads tokens once a shard is complete and the next one's file is open
+class KillMidShard(list):
     def __getitem__(self, i):
         if list(out.glob("*.done.json")) and list(out.glob(".*.bin.tmp-*")):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -180,7 +180,8 @@ def test_one_selection_answers_with_the_checkpoint_or_why(tmp_path):
     assert refused.message == f"training.resume={theirs.path}: refused, made for another configuration: training.lr changed (0.2 → 0.1)"
     with pytest.raises(CheckpointError, match="made for another configuration"):
         refused.get()
-    # The tracking layer's reasons (``also``) pass a checkpoint over; a reopened run's checkpoint that cannot go on refuses.
+    # The tracking layer's reasons (``also``) pass a checkpoint over; a reopened run's checkpoint that cannot go on
+    # refuses.
     passed = select(tmp_path, fp, "auto", also=lambda ck: ["its MLflow run r1 finished"])
     assert passed.why == "none_match" and [why for _, why in passed.skipped][-1] == "its MLflow run r1 finished"
     assert select(tmp_path, other, "auto", run_id="r1").message.startswith(f"checkpoint {mine.path} of MLflow run r1 cannot continue it")
