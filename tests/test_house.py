@@ -22,8 +22,21 @@ import toptune
 TESTS = Path(__file__).resolve().parent
 PACKAGE = Path(toptune.__file__).resolve().parent
 FRAMEWORKS = ("kedro", "kedro_datasets", "kedro_mlflow", "mlflow")
-ROOMS = ("config", "data", "model", "prefix", "cache", "train", "evaluate", "serve", "inspect", "io", "bench", "integrations",
-         "pipelines")
+ROOMS = (
+    "config",
+    "data",
+    "model",
+    "prefix",
+    "cache",
+    "train",
+    "evaluate",
+    "serve",
+    "inspect",
+    "io",
+    "bench",
+    "integrations",
+    "pipelines",
+)
 LAYER = ("toptune.integrations", "toptune.pipelines")
 """The Kedro/MLflow layer: these packages may import the frameworks."""
 ENTRY = {"toptune.settings", "toptune.pipeline_registry", "toptune.__main__", "toptune.cli"}
@@ -55,7 +68,8 @@ def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
 def is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def import_nodes(tree: ast.AST, module_level: bool) -> list[ast.Import | ast.ImportFrom]:
@@ -104,8 +118,10 @@ def test_library_imports_no_framework_statically():
 @pytest.mark.slow
 def test_library_imports_no_framework_when_imported():
     assert {"toptune.config", "toptune.data.table", "toptune.cache.build", "toptune.train.loop"} <= set(LIBRARY)
-    code = (f"import importlib, json, sys\nfor m in {LIBRARY!r}: importlib.import_module(m)\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})))")
+    code = (
+        f"import importlib, json, sys\nfor m in {LIBRARY!r}: importlib.import_module(m)\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     pulled = json.loads(out.stdout.strip().splitlines()[-1])
@@ -160,12 +176,25 @@ def test_init_files_only_re_export():
         if path.name != "__init__.py":
             continue
         body = ast.parse(path.read_text()).body
-        bad = [f"line {node.lineno}: {type(node).__name__}" for node in body if not (
-            isinstance(node, (ast.Import, ast.ImportFrom))
-            or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str))
-            or (isinstance(node, (ast.Assign, ast.AnnAssign)) and all(
-                isinstance(t, ast.Name) and t.id.startswith("__") and t.id.endswith("__")
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))))]
+        bad = [
+            f"line {node.lineno}: {type(node).__name__}"
+            for node in body
+            if not (
+                isinstance(node, (ast.Import, ast.ImportFrom))
+                or (
+                    isinstance(node, ast.Expr)
+                    and isinstance(node.value, ast.Constant)
+                    and isinstance(node.value.value, str)
+                )
+                or (
+                    isinstance(node, (ast.Assign, ast.AnnAssign))
+                    and all(
+                        isinstance(t, ast.Name) and t.id.startswith("__") and t.id.endswith("__")
+                        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    )
+                )
+            )
+        ]
         if bad:
             offenders[name] = bad
     assert not offenders, f"logic in __init__.py: {offenders}"

@@ -123,7 +123,12 @@ def corrupt(path: Path, kind: str) -> str:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "bit_flip", "missing_shard", "garbled_manifest", "no_manifest"])
+# `make test-fast`: a bit flip (the hash's job) and a garbled manifest; every kind in `make test`.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", [pytest.param("truncated", marks=SLOW), "bit_flip", pytest.param("missing_shard", marks=SLOW),
+                                  "garbled_manifest", pytest.param("no_manifest", marks=SLOW)])
 def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, caplog):
     clf, cfg = classifier(tiny_qwen3), config(tmp_path)
     good = prepare_cache(clf, data, cfg)

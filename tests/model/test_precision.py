@@ -40,6 +40,7 @@ def test_dtype_resolution():
         assert resolve_dtype("auto", torch.device("cuda")) == expected
 
 
+@pytest.mark.slow
 def test_trainable_parameters_are_fp32_under_bf16_weights(tiny_qwen3):
     clf = bf16_classifier(tiny_qwen3)
     assert weights_dtype(clf.model) == torch.bfloat16

@@ -24,9 +24,18 @@ def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:
 
 
 def config(tmp_path, **kw) -> TrainingConfig:
-    return TrainingConfig(**{"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-                             "cache_dir": str(tmp_path / "cache"), "progress": False, "log_every": 1, **kw})
-
+    return TrainingConfig(
+        **{
+            "prefix_mode": "cache",
+            "epochs": 1,
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "cache_dir": str(tmp_path / "cache"),
+            "progress": False,
+            "log_every": 1,
+            **kw,
+        }
+    )
 
 
 def rss_anon() -> int:

@@ -23,8 +23,13 @@ ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 
 def classifier(path, k: int = 2, seed: int = 0):
     """A classifier on ``path`` with LoRA on the top ``k`` blocks and non-zero adapter weights."""
-    clf = build_classifier(ModelConfig(name_or_path=str(path), trainable_layers=k), LoraSettings(r=4, alpha=8),
-                           ID2LABEL, seed=seed, device="cpu")
+    clf = build_classifier(
+        ModelConfig(name_or_path=str(path), trainable_layers=k),
+        LoraSettings(r=4, alpha=8),
+        ID2LABEL,
+        seed=seed,
+        device="cpu",
+    )
     # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

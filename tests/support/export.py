@@ -41,9 +41,17 @@ def write_adapter(base: Path, out_dir: Path) -> Path:
             if "lora_B" in name or "modules_to_save" in name:
                 p.add_(torch.randn(p.shape, generator=g) * 0.2)
     model.save_pretrained(out_dir)
-    bundle = Bundle(kind="adapter", id2label=ID2LABEL, text_template=SERVING.text_template, max_length=SERVING.max_length,
-                    id_column="id", label_column="sentiment", trainable_layers=LAYERS, mlflow_run_id=None,
-                    **base_identity(str(base), base))
+    bundle = Bundle(
+        kind="adapter",
+        id2label=ID2LABEL,
+        text_template=SERVING.text_template,
+        max_length=SERVING.max_length,
+        id_column="id",
+        label_column="sentiment",
+        trainable_layers=LAYERS,
+        mlflow_run_id=None,
+        **base_identity(str(base), base),
+    )
     write_bundle(out_dir, bundle, raw_rows(16)[["id", "product", "channel", "review"]])
     return out_dir
 

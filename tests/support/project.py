@@ -29,7 +29,6 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
-
 def nested(params: dict) -> dict:
     """``{"training.epochs": 1}`` → ``{"training": {"epochs": 1}}``, as ``kedro run --params`` does."""
     out: dict = {}

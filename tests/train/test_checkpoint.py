@@ -56,6 +56,7 @@ def trained(cfg: RunConfig, data, directory, resume="never", every=None, keep=10
     return result, {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_bit_identical(tiny_qwen3, data, tmp_path):
     cfg = run_config(tiny_qwen3)
     full, weights = trained(cfg, data, tmp_path / "a", every=3)
@@ -75,6 +76,7 @@ def test_resume_mid_epoch_is_bit_identical(tiny_qwen3, data, tmp_path):
         assert torch.equal(weights[name], weights2[name]), name
 
 
+@pytest.mark.slow
 def test_another_configuration_is_skipped_or_refused(tiny_qwen3, data, tmp_path, caplog):
     cfg = run_config(tiny_qwen3, epochs=1)
     trained(cfg, data, tmp_path, every=2)
@@ -98,6 +100,7 @@ def test_another_configuration_is_skipped_or_refused(tiny_qwen3, data, tmp_path,
     assert "data changed" in str(pytest.raises(CheckpointError, Checkpoints(tmp_path, fingerprint(cfg, 1, "cpu", fewer), str(ck.path)).restore).value)
 
 
+@pytest.mark.slow
 def test_auto_prefix_mode_continues_in_the_checkpoints_mode(tiny_qwen3, data, tmp_path, caplog):
     # A run of prefix_mode auto that trained in no_grad mode, then killed: measured again, auto might pick
     # the cache (other steps: bucketed batches); the resumed run keeps the checkpoint's mode instead.
@@ -115,6 +118,7 @@ def test_auto_prefix_mode_continues_in_the_checkpoints_mode(tiny_qwen3, data, tm
     assert fresh.prefix_mode == "cache"
 
 
+@pytest.mark.slow
 def test_checkpoints_are_atomic_and_pruned(tiny_qwen3, data, tmp_path):
     cfg = run_config(tiny_qwen3, epochs=1)
     trained(cfg, data, tmp_path, every=1, keep=3)
@@ -132,6 +136,7 @@ def test_checkpoints_are_atomic_and_pruned(tiny_qwen3, data, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_best_epoch_is_kept(tiny_qwen3, data, tmp_path):
     for metric in ("macro_f1", "loss"):
         cfg = run_config(tiny_qwen3, epochs=3, lr=2e-2, metric_for_best=metric)
@@ -146,6 +151,7 @@ def test_best_epoch_is_kept(tiny_qwen3, data, tmp_path):
             assert torch.equal(w, state["trainable"][name]), (metric, name)
 
 
+@pytest.mark.slow
 def test_early_stopping(tiny_qwen3, data, tmp_path):
     # A learning rate that changes no prediction: accuracy never improves after epoch 0.
     cfg = run_config(tiny_qwen3, epochs=5, lr=1e-12, metric_for_best="accuracy", early_stopping_patience=1)
