@@ -18,10 +18,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 from support.kedro_proc import BIN, run, torchrun
+from support.optim import assert_adamw_runs_alike
 from support.project import make_project
+
+pytestmark = pytest.mark.slow  # torchrun and `kedro run` subprocesses
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -34,6 +38,8 @@ def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
     for mode in ("no_grad", "autograd"):
         a, b = (torch.load(d / f"{mode}.pt", weights_only=True) for d in (one, two))
         assert (a["world"], b["world"]) == (1, 2)
+        assert a["optimizers"] == b["optimizers"] and set(a["optimizers"]) == {"SGD"}, "the worker trains with plain SGD"
+        assert a["moved"] > 1e-3, f"{mode}: training moved the adapter by {a['moved']:.2g} only"
         assert len(a["losses"]) == len(b["losses"]) == 16  # 8 global batches (the last one of 1 row) × 2 epochs
         np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4, err_msg=mode)
         assert a["adapter"].keys() == b["adapter"].keys()
@@ -60,8 +66,12 @@ def test_kedro_run_under_torchrun_equals_one_process(reference_run, tmp_path):
     assert [s["step"] for s in a["steps"]] == [s["step"] for s in b["steps"]] and len(a["steps"]) == 48
     np.testing.assert_allclose([s["loss"] for s in b["steps"]], [s["loss"] for s in a["steps"]], rtol=1e-4)
     wa, wb = (load_file(p / "data/06_models/adapter/adapter_model.safetensors") for p in (one, two))
-    assert wa.keys() == wb.keys()
-    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) <= 1e-5
+    # The library's AdamW, as a user runs it: all-reduced gradients differ from one process's in the last
+    # bits, and AdamW may turn that into an lr-sized step where a gradient is near zero; so no element
+    # further apart than AdamW's steps allow, and all but a few within 1e-5 (tests/support/optim.py).
+    # Each step's row holds the scheduler's next rate: one more at the peak covers the first step.
+    lrs = [s["lr"] for s in a["steps"]]
+    assert_adamw_runs_alike(wa, wb, lrs + [max(lrs)], atol=1e-5)
     ma, mb = (json.loads((p / "data/08_reporting/metrics.json").read_text()) for p in (one, two))
     assert (ma["accuracy"], ma["macro_f1"]) == (mb["accuracy"], mb["macro_f1"])
 
