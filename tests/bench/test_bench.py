@@ -98,6 +98,7 @@ def test_speedups_arithmetic():
     assert report.speedups({"hf_trainer": runs["hf_trainer"]}) == {}
 
 
+@pytest.mark.slow
 def test_hf_baseline_starts_from_toptune_weights(config):
     setup = prepare_setup(config, config.model_dir)
     ours = dict(_classifier(setup, config).model.named_parameters())

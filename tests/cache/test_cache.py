@@ -234,6 +234,7 @@ def test_bucketing_cuts_padding_and_keeps_every_example_once():
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     from toptune.pipelines.cache.nodes import build_prefix_cache
 
@@ -261,6 +262,7 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     assert skipped["status"] == "skipped"
 
 
+@pytest.mark.slow
 def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qwen3, data, tmp_path, monkeypatch):
     from toptune.pipelines.cache.nodes import build_prefix_cache
     from toptune.pipelines.train.nodes import train_model

@@ -395,6 +395,7 @@ def test_debris_of_dead_processes_is_cleared(tmp_path):
     assert temp_path(tmp_path / "adapter").name == f".adapter.tmp-{here}-{os.getpid()}"
 
 
+@pytest.mark.slow
 def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
     use_store(tmp_path, monkeypatch)
     client = mlflow.MlflowClient()

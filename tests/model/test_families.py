@@ -78,7 +78,7 @@ def logits_and_grads(model, mode: str, side: str):
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("side", ["right", pytest.param("left", marks=pytest.mark.slow)])  # left: tests/prefix too
 def test_forward_split_equals_stock_logits_and_gradients(checkpoint, side):
     model_type, path = checkpoint
     model = classifier(path, experts=model_type in MOE).train()

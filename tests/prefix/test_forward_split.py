@@ -136,6 +136,7 @@ def assert_fast_top_equals_stock(clf, b: dict) -> None:
         torch.testing.assert_close(grads[n], g, atol=1e-5, rtol=1e-4, msg=n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("k", SPLITS)
 def test_fast_top_equals_stock_blocks(tiny_checkpoint, tokenizer, side, k):
