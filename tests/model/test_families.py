@@ -38,7 +38,11 @@ TOP = [2, 3]  # K = 2 of 4 blocks: a two-block prefix (for hybrids: linear, line
 MOE = ("qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_5_moe")
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+# `make test-fast`: one MoE and one hybrid (composite) family; Qwen2 and Qwen3 are in tests/prefix/ too.
+FAST = ("qwen3_moe", "qwen3_5")
+
+
+@pytest.fixture(scope="module", params=[f if f in FAST else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
 def checkpoint(request, tmp_path_factory):
     """(model type, directory) of a tiny checkpoint of one family, as its hub repo ships it."""
     spec = TinyQwenSpec(model_type=request.param, num_layers=4, hidden_size=64, intermediate_size=128,
