@@ -45,7 +45,8 @@ def parse_params(params: Mapping[str, Any] | None) -> RunConfig:
     """Kedro's whole parameter dict (``catalog.load("parameters")``) as a :class:`RunConfig`: a group
     absent from it gets its defaults; the first unknown group, key or bad value fails in one line."""
     groups: dict[str, Any] = {}
-    for name in sorted(params or {}, key=str):
+    params = params or {}
+    for name in sorted(params, key=str):
         if name not in GROUPS:
             close = difflib.get_close_matches(str(name), list(GROUPS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
