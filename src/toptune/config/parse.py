@@ -51,7 +51,7 @@ def parse_params(params: Mapping[str, Any] | None) -> RunConfig:
             close = difflib.get_close_matches(str(name), list(GROUPS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown parameter group '{name}'{hint}; known groups: {', '.join(sorted(GROUPS))}")
-        groups[name] = parse_group(GROUPS[name], params[name], name)  # type: ignore[index]
+        groups[name] = parse_group(GROUPS[name], params[name], name)
     return RunConfig(**groups)
 
 
