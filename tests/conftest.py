@@ -87,8 +87,8 @@ def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
 def data(tokenizer):
     """60 rows of the bundled table, encoded: train 36, val 12, test 12 (the cache tests' splits)."""
     import pandas as pd
-    from support.classifiers import ID2LABEL
 
+    from support.classifiers import ID2LABEL
     from toptune.config import DataConfig
     from toptune.data.table import prepare_table
     from toptune.data.tokens import Encoded, encode

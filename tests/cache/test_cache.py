@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from support.cache import config, stored_rows
 from support.classifiers import (  # the tiny classifier with random adapter weights
     ID2LABEL,
     classifier,
 )
-
 from toptune.cache import (
     CacheInvalid,
     bucketed_indices,

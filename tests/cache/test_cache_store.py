@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from support.cache import config, stored_rows
 from support.classifiers import classifier
-
 from toptune.cache import (
     CacheDiskFull,
     CacheInvalid,

@@ -17,9 +17,9 @@ from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
+
 from support.project import make_project, nested
 from support.servers import free_port, stop_group, wait_answer
-
 from toptune.integrations import tracking
 from toptune.integrations.tracking import RUN_HTTP_LIMITS, TrackingServerError
 

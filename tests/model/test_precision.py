@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.classifiers import ID2LABEL, batch, classifier
 
+from support.classifiers import ID2LABEL, batch, classifier
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.tokens import Encoded
 from toptune.model.precision import resolve_dtype, weights_dtype

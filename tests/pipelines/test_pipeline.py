@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+
 from support.project import make_project, run
 
 pytestmark = pytest.mark.slow  # real Kedro sessions, each a whole pipeline

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.classifiers import TEXTS, batch, classifier
 
+from support.classifiers import TEXTS, batch, classifier
 from toptune.config import TrainingConfig
 from toptune.data.tokens import encode
 from toptune.model.load import backbone, decoder_layers

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from support.export import (
     ID2LABEL,
     REVIEWS,
@@ -21,7 +22,6 @@ from support.export import (
     make_export,
     raw_rows,
 )
-
 from toptune.config import ConfigError, ExportConfig, PredictConfig, parse_group
 from toptune.data.table import DataValidationError, render_texts
 from toptune.serve.merge import load_trained

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from support.export import log_to_training_run, make_export, raw_rows
 from support.servers import free_port, stop_group, wait_answer
-
 from toptune.serve.predict import load_predictor, prepare_rows
 
 pytestmark = pytest.mark.slow  # a real `mlflow models serve` process

@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 import torch
-from support.ddp_worker import ID2LABEL, splits
 
+from support.ddp_worker import ID2LABEL, splits
 from toptune.config import (
     ConfigError,
     LoraSettings,
@@ -24,7 +24,7 @@ from toptune.config import (
     parse_group,
 )
 from toptune.train import distributed
-from toptune.train.checkpoint.fingerprint import fingerprint
+from toptune.train.checkpoint.fingerprint import FORMAT, fingerprint
 from toptune.train.checkpoint.resume import (
     CheckpointError,
     Checkpoints,
@@ -32,7 +32,6 @@ from toptune.train.checkpoint.resume import (
     read,
     select,
 )
-from toptune.train.checkpoint.fingerprint import FORMAT
 from toptune.train.checkpoint.store import STATE, write
 from toptune.train.recipe import build_classifier, fit, training_setup
 

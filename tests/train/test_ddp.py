@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+
 from support.kedro_proc import BIN, run, torchrun
 from support.optim import assert_adamw_runs_alike
 from support.project import make_project

@@ -20,9 +20,9 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from safetensors.numpy import load_file
+
 from support.kedro_proc import BIN, ENV, run
 from support.project import make_project
-
 from toptune.train.checkpoint.resume import CheckpointError, newest_first
 
 pytestmark = pytest.mark.slow  # `kedro run` subprocesses killed and resumed
