@@ -69,7 +69,9 @@ def make_rows(n: int, seed: int) -> list[dict[str, str]]:
         if (product, channel, text) in seen:
             continue
         seen.add((product, channel, text))
-        rows.append({"id": f"r{len(rows):05d}", "product": product, "channel": channel, "review": text, "sentiment": label})
+        rows.append(
+            {"id": f"r{len(rows):05d}", "product": product, "channel": channel, "review": text, "sentiment": label}
+        )
     return rows
 
 

@@ -37,11 +37,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default 2)")
-    p.add_argument("--home", type=Path, default=ROOT, help="folder for the databases and artifacts (default: the project root)")
-    p.add_argument("--default-permission", default="READ", choices=PERMISSIONS,
-                   help="what a user may do with another user's experiment (default READ: look, not write)")
-    p.add_argument("--auth-cache-seconds", type=int, default=60,
-                   help="how long a worker trusts a checked password (default 60; 0: check every request)")
+    p.add_argument(
+        "--home", type=Path, default=ROOT, help="folder for the databases and artifacts (default: the project root)"
+    )
+    p.add_argument(
+        "--default-permission",
+        default="READ",
+        choices=PERMISSIONS,
+        help="what a user may do with another user's experiment (default READ: look, not write)",
+    )
+    p.add_argument(
+        "--auth-cache-seconds",
+        type=int,
+        default=60,
+        help="how long a worker trusts a checked password (default 60; 0: check every request)",
+    )
     return p.parse_args(argv)
 
 
@@ -65,19 +75,36 @@ def auth_config(home: Path, admin: str, default_permission: str, cache_seconds: 
     every request (a run makes hundreds); with the cache a worker checks a (user, password) once per
     window. The price, as MLflow documents it: after a password change or a user's deletion, the other
     workers accept the old password until the window ends."""
-    return (f"[mlflow]\ndefault_permission = {default_permission}\n"
-            f"database_uri = sqlite:///{home / 'mlflow-server-auth.db'}\n"
-            f"admin_username = {admin}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            f"auth_cache_ttl_seconds = {cache_seconds}\n")
+    return (
+        f"[mlflow]\ndefault_permission = {default_permission}\n"
+        f"database_uri = sqlite:///{home / 'mlflow-server-auth.db'}\n"
+        f"admin_username = {admin}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n"
+    )
 
 
 def server_command(home: Path, port: int, workers: int) -> list[str]:
     """``mlflow server`` on loopback with a sqlite store, proxied artifacts and the basic-auth app."""
-    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--backend-store-uri", f"sqlite:///{home / 'mlflow-server.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(home / "mlflow-server-artifacts"),
-            "--app-name", "basic-auth"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow-server.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(home / "mlflow-server-artifacts"),
+        "--app-name",
+        "basic-auth",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,10 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mlflow-server: {problem}")
     (home / "mlflow-server-artifacts").mkdir(parents=True, exist_ok=True)
     ini = home / "mlflow-server-auth.ini"
-    ini.write_text(auth_config(home, os.environ.get(USERNAME_VAR) or "admin", args.default_permission,
-                               args.auth_cache_seconds))
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    ini.write_text(
+        auth_config(home, os.environ.get(USERNAME_VAR) or "admin", args.default_permission, args.auth_cache_seconds)
+    )
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     # The auth app signs its sign-up form (CSRF) with this key; one per start is enough for that form.
     env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     # MLflow's GenAI job runner (a runner and 7 huey consumer processes): toptune's runs use none of it.

@@ -54,12 +54,16 @@ def qwen3_5_tokenizer(qwen3_5_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory, tokenizer_dir):
-    return write_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen3"), TinyQwenSpec(model_type="qwen3", **SMALL), tokenizer_dir)
+    return write_tiny_qwen(
+        tmp_path_factory.mktemp("tiny-qwen3"), TinyQwenSpec(model_type="qwen3", **SMALL), tokenizer_dir
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory, tokenizer_dir):
-    return write_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2"), TinyQwenSpec(model_type="qwen2", **SMALL), tokenizer_dir)
+    return write_tiny_qwen(
+        tmp_path_factory.mktemp("tiny-qwen2"), TinyQwenSpec(model_type="qwen2", **SMALL), tokenizer_dir
+    )
 
 
 @pytest.fixture(scope="session", params=["qwen3", pytest.param("qwen2", marks=pytest.mark.slow)])

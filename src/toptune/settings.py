@@ -14,8 +14,12 @@ from toptune.integrations.tracking import TrackingServerHooks  # noqa: E402
 # through its plugin entry point, and only on rank 0: under torchrun one process talks to MLflow (the
 # tracking server's checks included); the other ranks keep their outputs in memory (RankHooks).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its metadata name, and the PyPI spelling
-HOOKS = (RankHooks(), ToptuneHooks(), GuardHooks(),
-         *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()))
+HOOKS = (
+    RankHooks(),
+    ToptuneHooks(),
+    GuardHooks(),
+    *((TrackingServerHooks(), ResumableMlflowHook()) if distributed.is_main() else ()),
+)
 
 CONTEXT_CLASS = ToptuneContext  # parameters reach the nodes typed by GuardHooks, not by Kedro itself
 

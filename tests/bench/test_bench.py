@@ -30,7 +30,7 @@ from toptune.bench.rss import RssSampler, rss_anon_bytes
 from toptune.bench.runs import _classifier
 
 ROOT = Path(__file__).resolve().parents[2]
-MiB = 2 ** 20
+MiB = 2**20
 
 
 @pytest.fixture
@@ -38,9 +38,18 @@ def config(tiny_qwen3, small_spec, tmp_path) -> BenchConfig:
     spec = {k: v for k, v in small_spec.items() if k != "num_layers"}  # the same spec: the checkpoint is reused
     training = bench_training()
     training.epochs, training.cache_dir = 1, str(tmp_path / "cache")
-    return BenchConfig(data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"), model_dir=str(tiny_qwen3),
-                       num_layers=small_spec["num_layers"], spec=spec, trainable_layers=2, training=training,
-                       sample_rows=120, out_dir=str(tmp_path / "out"), warm_up=False, gpu=GpuBenchConfig(enabled=False))
+    return BenchConfig(
+        data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"),
+        model_dir=str(tiny_qwen3),
+        num_layers=small_spec["num_layers"],
+        spec=spec,
+        trainable_layers=2,
+        training=training,
+        sample_rows=120,
+        out_dir=str(tmp_path / "out"),
+        warm_up=False,
+        gpu=GpuBenchConfig(enabled=False),
+    )
 
 
 def tracked_runs(tmp_path, monkeypatch) -> None:
@@ -73,21 +82,34 @@ def test_bench_runs_every_variant_and_writes_the_report(config, tmp_path, monkey
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
     table = report.format_table(result)
     assert all(name in table for name in RUNS)
-    assert result["speedups"]["hf_trainer_over_cache"] == result["runs"]["hf_trainer"]["train_seconds"] / cache["train_seconds"]
+    assert (
+        result["speedups"]["hf_trainer_over_cache"]
+        == result["runs"]["hf_trainer"]["train_seconds"] / cache["train_seconds"]
+    )
     assert result["speedups"]["cached_epoch_over_floor_epoch"] == pytest.approx(
-        statistics.median(cache["epoch_seconds"]) / statistics.median(result["runs"]["floor"]["epoch_seconds"]))
+        statistics.median(cache["epoch_seconds"]) / statistics.median(result["runs"]["floor"]["epoch_seconds"])
+    )
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("toptune-bench").experiment_id], output_format="list")
     assert run.data.metrics["cache.cache_bytes"] == cache["cache_bytes"]
-    assert run.data.metrics["speedups.hf_trainer_over_cache"] == pytest.approx(result["speedups"]["hf_trainer_over_cache"])
+    assert run.data.metrics["speedups.hf_trainer_over_cache"] == pytest.approx(
+        result["speedups"]["hf_trainer_over_cache"]
+    )
     assert {"bench.json", "bench.png"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
 def test_speedups_arithmetic():
-    runs = {"hf_trainer": {"train_seconds": 30.0, "test_accuracy": 0.90, "peak_device_memory_bytes": 8000},
-            "no_grad": {"train_seconds": 25.0},
-            "cache": {"train_seconds": 10.0, "test_accuracy": 0.95, "epoch_seconds": [3.0, 2.0, 4.0],
-                      "peak_device_memory_bytes": 8100, "peak_device_memory_cached_epochs_bytes": 1600},
-            "floor": {"train_seconds": 5.0, "epoch_seconds": [2.0, 1.0, 2.5]}}
+    runs = {
+        "hf_trainer": {"train_seconds": 30.0, "test_accuracy": 0.90, "peak_device_memory_bytes": 8000},
+        "no_grad": {"train_seconds": 25.0},
+        "cache": {
+            "train_seconds": 10.0,
+            "test_accuracy": 0.95,
+            "epoch_seconds": [3.0, 2.0, 4.0],
+            "peak_device_memory_bytes": 8100,
+            "peak_device_memory_cached_epochs_bytes": 1600,
+        },
+        "floor": {"train_seconds": 5.0, "epoch_seconds": [2.0, 1.0, 2.5]},
+    }
     s = report.speedups(runs)
     assert s["hf_trainer_over_cache"] == 3.0 and s["no_grad_over_cache"] == 2.5
     assert "autograd_over_cache" not in s and "hf_trainer_group_by_length_over_cache" not in s
@@ -117,8 +139,15 @@ def test_gpu_bench_code_path_runs_on_cpu_at_tiny_size(config, small_spec, tmp_pa
     ``max_length`` tokens, bf16 weights, HF Trainer vs the cache) on a tiny shape, on the CPU."""
     from toptune.bench import main as bench_main
 
-    g = GpuBenchConfig(device="cpu", spec=dict(small_spec), model_dir=str(tmp_path / "big"), rows=40, max_length=24,
-                       reviews_per_text=3, runs=("hf_trainer", "cache"))
+    g = GpuBenchConfig(
+        device="cpu",
+        spec=dict(small_spec),
+        model_dir=str(tmp_path / "big"),
+        rows=40,
+        max_length=24,
+        reviews_per_text=3,
+        runs=("hf_trainer", "cache"),
+    )
     bc = BenchConfig(**{**config.__dict__, "gpu": g})
     result = bench_main.main(bc=bc, tiny=False)
     assert "runs" not in result  # the tiny model's bench did not run
@@ -126,7 +155,10 @@ def test_gpu_bench_code_path_runs_on_cpu_at_tiny_size(config, small_spec, tmp_pa
     assert list(part["runs"]) == ["hf_trainer", "cache"]
     assert part["config"]["dtype"] == "bfloat16" and part["config"]["trainable_layers"] == g.trainable_layers
     assert part["config"]["tokens_per_example_min"] == part["config"]["tokens_per_example_max"] == 24
-    assert part["config"]["examples"]["train"] + part["config"]["examples"]["val"] + part["config"]["examples"]["test"] == 40
+    assert (
+        part["config"]["examples"]["train"] + part["config"]["examples"]["val"] + part["config"]["examples"]["test"]
+        == 40
+    )
     cache = part["runs"]["cache"]
     assert cache["cache_dtype"] == "bfloat16" and cache["cache_bytes"] > 0 and cache["prefix_weights_bytes"] > 0
     assert part["speedups"]["hf_trainer_over_cache"] > 0
@@ -152,19 +184,32 @@ def test_bench_scale_writes_its_json_from_fresh_processes(tiny_qwen3, small_spec
     from toptune.integrations import bench_scale as cli
 
     tracked_runs(tmp_path, monkeypatch)
-    shutil.copytree(tiny_qwen3, tmp_path / "models" / f"tiny-qwen3-{small_spec['num_layers']}l-bench")  # reused, not rewritten
-    sc = scale.ScaleConfig(data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"), base_rows=60,
-                           shapes=(scale.Shape(small_spec["num_layers"], 2, (1,)),),
-                           spec={k: v for k, v in small_spec.items() if k != "num_layers"}, model_root=str(tmp_path / "models"),
-                           training={"epochs": 1, "cache_dir": str(tmp_path / "cache")}, out_dir=str(tmp_path / "out"))
+    shutil.copytree(
+        tiny_qwen3, tmp_path / "models" / f"tiny-qwen3-{small_spec['num_layers']}l-bench"
+    )  # reused, not rewritten
+    sc = scale.ScaleConfig(
+        data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"),
+        base_rows=60,
+        shapes=(scale.Shape(small_spec["num_layers"], 2, (1,)),),
+        spec={k: v for k, v in small_spec.items() if k != "num_layers"},
+        model_root=str(tmp_path / "models"),
+        training={"epochs": 1, "cache_dir": str(tmp_path / "cache")},
+        out_dir=str(tmp_path / "out"),
+    )
     result = cli.main(sc=sc)
     on_disk = json.loads((tmp_path / "out" / "bench_scale.json").read_text())
     (point,) = on_disk["runs"]
     assert on_disk["runs"] == result["runs"] and on_disk["machine"] == point["machine"]
     assert {"rows", "num_layers", "cache_bytes", "peak_anon_rss_bytes", "build_seconds", "epoch_seconds"} <= set(point)
     assert point["rows"] == 60 and point["num_layers"] == small_spec["num_layers"] and point["dtype"] == "float32"
-    assert sum(point["examples"].values()) == 60 and point["cache_bytes"] > point["tokens"] * small_spec["hidden_size"] * 4
-    assert point["peak_anon_rss_bytes"] >= max(point["build_start_anon_rss_bytes"], point["epoch_start_anon_rss_bytes"]) > 0
+    assert (
+        sum(point["examples"].values()) == 60 and point["cache_bytes"] > point["tokens"] * small_spec["hidden_size"] * 4
+    )
+    assert (
+        point["peak_anon_rss_bytes"]
+        >= max(point["build_start_anon_rss_bytes"], point["epoch_start_anon_rss_bytes"])
+        > 0
+    )
     assert point["build_seconds"] > 0 and point["epoch_seconds"] > 0
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # the point's cache removed
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("toptune-bench").experiment_id], output_format="list")
@@ -176,13 +221,25 @@ def test_bench_scale_writes_its_json_from_fresh_processes(tiny_qwen3, small_spec
 
 def test_bench_scale_summary_compares_the_extremes_of_the_shallowest_shape():
     point = lambda rows, layers, cache, rss, build, epoch: dict(  # noqa: E731
-        rows=rows, num_layers=layers, cache_bytes=cache, peak_anon_rss_bytes=rss, build_seconds=build, epoch_seconds=epoch)
-    runs = [point(100, 12, 10, 500, 2.0, 1.0), point(400, 12, 40, 520, 8.0, 4.4), point(1600, 12, 160, 600, 40.0, 16.0),
-            point(100, 28, 25, 700, 5.0, 1.5)]
+        rows=rows,
+        num_layers=layers,
+        cache_bytes=cache,
+        peak_anon_rss_bytes=rss,
+        build_seconds=build,
+        epoch_seconds=epoch,
+    )
+    runs = [
+        point(100, 12, 10, 500, 2.0, 1.0),
+        point(400, 12, 40, 520, 8.0, 4.4),
+        point(1600, 12, 160, 600, 40.0, 16.0),
+        point(100, 28, 25, 700, 5.0, 1.5),
+    ]
     s = scale.summary(runs)
     assert s["num_layers"] == 12 and s["rows_ratio"] == 16 and s["cache_bytes_ratio"] == 16
     assert s["peak_anon_rss_ratio"] == 600 / 500 and s["largest_cache_bytes"] == 160
-    assert s["build_seconds_per_row_ratio"] == pytest.approx(1.25) and s["epoch_seconds_per_row_ratio"] == pytest.approx(1.0)
+    assert s["build_seconds_per_row_ratio"] == pytest.approx(1.25) and s[
+        "epoch_seconds_per_row_ratio"
+    ] == pytest.approx(1.0)
 
 
 def test_repeated_table_gives_fresh_ids():
@@ -243,11 +300,13 @@ def test_the_bench_package_imports_neither_kedro_nor_mlflow():
     import subprocess
     import sys
 
-    code = ("import importlib, pkgutil, sys, toptune.bench\n"
-            "for m in pkgutil.iter_modules(toptune.bench.__path__): importlib.import_module('toptune.bench.' + m.name)\n"
-            "import toptune.bench.rss\n"
-            "print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
-            "      + ([] if 'toptune.bench.scale' in sys.modules else ['toptune.bench.scale missing']))")
+    code = (
+        "import importlib, pkgutil, sys, toptune.bench\n"
+        "for m in pkgutil.iter_modules(toptune.bench.__path__): importlib.import_module('toptune.bench.' + m.name)\n"
+        "import toptune.bench.rss\n"
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('kedro', 'mlflow', 'kedro_mlflow', 'kedro_datasets'))\n"
+        "      + ([] if 'toptune.bench.scale' in sys.modules else ['toptune.bench.scale missing']))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

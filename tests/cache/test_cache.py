@@ -127,8 +127,16 @@ def corrupt(path: Path, kind: str) -> str:
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("kind", [pytest.param("truncated", marks=SLOW), "bit_flip", pytest.param("missing_shard", marks=SLOW),
-                                  "garbled_manifest", pytest.param("no_manifest", marks=SLOW)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("truncated", marks=SLOW),
+        "bit_flip",
+        pytest.param("missing_shard", marks=SLOW),
+        "garbled_manifest",
+        pytest.param("no_manifest", marks=SLOW),
+    ],
+)
 def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, caplog):
     clf, cfg = classifier(tiny_qwen3), config(tmp_path)
     good = prepare_cache(clf, data, cfg)
@@ -238,22 +246,34 @@ def test_bucketing_cuts_padding_and_keeps_every_example_once():
 def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     from toptune.pipelines.cache.nodes import build_prefix_cache
 
-    params = {"model": {"name_or_path": str(tiny_qwen3), "trainable_layers": 2},
-              "lora": {"r": 4, "alpha": 8},
-              "training": {"prefix_mode": "cache", "epochs": 1, "batch_size": 8, "progress": False,
-                           "cache_dir": str(tmp_path / "cache"), "seed": 7}}
+    params = {
+        "model": {"name_or_path": str(tiny_qwen3), "trainable_layers": 2},
+        "lora": {"r": 4, "alpha": 8},
+        "training": {
+            "prefix_mode": "cache",
+            "epochs": 1,
+            "batch_size": 8,
+            "progress": False,
+            "cache_dir": str(tmp_path / "cache"),
+            "seed": 7,
+        },
+    }
     label_map = {str(k): v for k, v in ID2LABEL.items()}
     cfg = parse_params(params)  # the typed configs the hook hands the node
     model, lora, training = cfg.model, cfg.lora, cfg.training
     summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
     assert summary["status"] == "built" and summary["bytes"] > 0 and metrics["bytes"]["value"] == summary["bytes"]
     lens = data["train"].lengths()
-    assert metrics["padding_fraction_unbucketed"]["value"] == padding_fraction(lens, batch_indices(len(lens), 8, True, 7))
+    assert metrics["padding_fraction_unbucketed"]["value"] == padding_fraction(
+        lens, batch_indices(len(lens), 8, True, 7)
+    )
     assert 0 <= metrics["padding_fraction_bucketed"]["value"] < metrics["padding_fraction_unbucketed"]["value"]
     built_at = json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"]
     again, _ = build_prefix_cache(data, label_map, model, lora, training)
     assert again["status"] == "reused"
-    clf = build_classifier(ModelConfig(**params["model"]), LoraSettings(**params["lora"]), ID2LABEL, seed=7, device="cpu")
+    clf = build_classifier(
+        ModelConfig(**params["model"]), LoraSettings(**params["lora"]), ID2LABEL, seed=7, device="cpu"
+    )
     with caplog.at_level("INFO", logger="toptune.cache"):
         fit(clf, data, TrainingConfig(**params["training"]))
     assert any("reused" in r.getMessage() for r in caplog.records)
@@ -271,19 +291,29 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
     model = ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2)
     lora = LoraSettings(r=4, alpha=8)
     # resume never: each call trains (under auto, a run would continue the previous call's checkpoint, in its mode)
-    training = TrainingConfig(prefix_mode="auto", epochs=2, batch_size=8, progress=False,
-                              cache_dir=str(tmp_path / "cache"), seed=7, resume="never")
+    training = TrainingConfig(
+        prefix_mode="auto",
+        epochs=2,
+        batch_size=8,
+        progress=False,
+        cache_dir=str(tmp_path / "cache"),
+        seed=7,
+        resume="never",
+    )
     label_map = {str(k): v for k, v in ID2LABEL.items()}
     summary, metrics = build_prefix_cache(data, label_map, model, lora, training)
     rates = summary["compute_tokens_per_second"], summary["read_tokens_per_second"]
     assert summary["prefix_mode"] == ("cache" if rates[1] > rates[0] else "no_grad")
     assert summary["prefix_mode_reason"] and f"{rates[0]:,.0f} tokens/s" in summary["prefix_mode_reason"]
-    assert metrics["compute_tokens_per_second"]["value"] == rates[0] and metrics["used"]["value"] == (summary["prefix_mode"] == "cache")
+    assert metrics["compute_tokens_per_second"]["value"] == rates[0] and metrics["used"]["value"] == (
+        summary["prefix_mode"] == "cache"
+    )
     assert (tmp_path / "cache" / "manifest.json").is_file() == (summary["prefix_mode"] == "cache")
     # The train node follows the summary's decision (it does not measure again); each way is honoured.
     for decided in ("no_grad", "cache"):
         one_epoch = dataclasses.replace(training, epochs=1)
-        *_, train_summary = train_model(data, label_map, DataConfig(), model, lora, one_epoch,
-                                        {**summary, "prefix_mode": decided})
+        *_, train_summary = train_model(
+            data, label_map, DataConfig(), model, lora, one_epoch, {**summary, "prefix_mode": decided}
+        )
         assert train_summary["prefix_mode"] == decided
     assert (tmp_path / "cache" / "manifest.json").is_file()  # the cache mode built (or reused) it

@@ -66,8 +66,14 @@ def assert_same_rows(a, b, data) -> None:
 def fresh(tiny_qwen3, data, tmp_path_factory):
     """An uninterrupted single-process build with small shards: what every resumed build must equal."""
     clf = classifier(tiny_qwen3)
-    return build_cache(clf, data, config(tmp_path_factory.mktemp("fresh")), tmp_path_factory.mktemp("fresh") / "c",
-                       progress=False, shard_bytes=SHARD)
+    return build_cache(
+        clf,
+        data,
+        config(tmp_path_factory.mktemp("fresh")),
+        tmp_path_factory.mktemp("fresh") / "c",
+        progress=False,
+        shard_bytes=SHARD,
+    )
 
 
 def test_plan_is_deterministic_and_covers_every_example(tiny_qwen3, data):
@@ -125,7 +131,9 @@ def test_interrupted_build_resumes_from_complete_shards(tiny_qwen3, data, tmp_pa
     except KeyboardInterrupt:
         pass
     else:
-        pytest.fail(f"the build was not interrupted: {len(seen)} reads, at most {max(seen, default=0)} complete shards seen")
+        pytest.fail(
+            f"the build was not interrupted: {len(seen)} reads, at most {max(seen, default=0)} complete shards seen"
+        )
     done = receipts(path)
     total = len(plan_shards(data, row_bytes(clf, cfg), SHARD))
     assert 2 <= len(done) < total and not temps(path), "a Ctrl-C leaves complete shards and no temp file"
@@ -179,8 +187,13 @@ def test_killed_build_leaves_no_usable_cache_and_resumes(tiny_qwen3, data, tmp_p
     path, data_file = tmp_path / "cache", tmp_path / "data.pkl"
     data_file.write_bytes(pickle.dumps(data))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(tiny_qwen3), str(data_file), str(path), str(SHARD)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_BUILD, str(tiny_qwen3), str(data_file), str(path), str(SHARD)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     done, left = receipts(path), temps(path)
     assert done and left and all(f".tmp-{socket.gethostname()}-" in t for t in left)
@@ -226,7 +239,9 @@ def test_prefetch_thread_ends(tiny_qwen3, data, fresh):
 
     direct = [split.batch(i, torch.device("cpu")) for i in epoch_indices(split, 8, True, 0, True)]
     got = list(gen(0))  # run to the end: same batches as gathered directly
-    assert len(got) == len(direct) and all(torch.equal(a["hidden"], b["hidden"]) for a, b in zip(got, direct, strict=True))
+    assert len(got) == len(direct) and all(
+        torch.equal(a["hidden"], b["hidden"]) for a, b in zip(got, direct, strict=True)
+    )
     assert not prefetch_threads()
     it = gen(1)
     next(it)
@@ -259,8 +274,10 @@ def test_cpu_batches_load_in_the_callers_thread(data, fresh):
     got = [first, *it]
     threaded = cached_batches(split, 8, True, 0, True, torch.device("cpu"), depth=2)
     want = list(threaded.load(threaded.order(0)))
-    assert len(got) == len(want) and all(torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["labels"], b["labels"])
-                                         for a, b in zip(got, want, strict=True))
+    assert len(got) == len(want) and all(
+        torch.equal(a["hidden"], b["hidden"]) and torch.equal(a["labels"], b["labels"])
+        for a, b in zip(got, want, strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,24 +322,40 @@ def test_anonymous_memory_does_not_grow_with_rows(tmp_path, tokenizer_dir):
     missed, more often on a loaded machine, so two runs of the same 500 rows differ by up to the spike
     (the build's: up to ~14 MB). The reference is the higher of the two, and the bound grows by their
     difference: what the sampling moved in this very run is no evidence of growth."""
-    spec = TinyQwenSpec(model_type="qwen3", num_layers=2, hidden_size=128, intermediate_size=128, num_heads=4,
-                        num_kv_heads=2, head_dim=32)
+    spec = TinyQwenSpec(
+        model_type="qwen3",
+        num_layers=2,
+        hidden_size=128,
+        intermediate_size=128,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+    )
     checkpoint = write_tiny_qwen(tmp_path / "wide", spec, tokenizer_dir)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     measured = {}
     for run, rows in (("a", 500), ("b", 500), ("large", 4000)):
-        proc = subprocess.run([sys.executable, "-c", MEASURE_ROWS, str(checkpoint), str(rows), str(tmp_path / run)],
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", MEASURE_ROWS, str(checkpoint), str(rows), str(tmp_path / run)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         measured[run] = json.loads(proc.stdout.strip().splitlines()[-1])
     a, b, large = measured["a"], measured["b"], measured["large"]
     grown = large["cache_bytes"] - a["cache_bytes"]
-    print(f"rows 500 → 4000: cache {a['cache_bytes']} → {large['cache_bytes']} bytes; peak anon growth "
-          f"build {a['build']}, {b['build']} → {large['build']}, training {a['train']}, {b['train']} → {large['train']}")
+    print(
+        f"rows 500 → 4000: cache {a['cache_bytes']} → {large['cache_bytes']} bytes; peak anon growth "
+        f"build {a['build']}, {b['build']} → {large['build']}, training {a['train']}, {b['train']} → {large['train']}"
+    )
     assert grown > 30 * 2**20, "the cache grows 8x, by tens of MiB"
     # A copy of the cache in memory would grow by `grown` (the old loader: twice).
-    for phase, what in (("build", "building holds a batch, not a shard or the split"),
-                        ("train", "training reads through memory maps, not a copy")):
+    for phase, what in (
+        ("build", "building holds a batch, not a shard or the split"),
+        ("train", "training reads through memory maps, not a copy"),
+    ):
         spread = abs(a[phase] - b[phase])
         assert spread < 0.5 * grown, f"{phase}: two runs of 500 rows {spread} bytes apart: too noisy to tell a copy"
         assert large[phase] - max(a[phase], b[phase]) < 0.25 * grown + spread, what

@@ -22,8 +22,11 @@ CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_col
 
 
 def table(n_per_class: int = 5) -> pd.DataFrame:
-    rows = [{"id": f"r{c}{i}", "product": f"p{i}", "review": f"review {c} number {i}", "sentiment": c}
-            for c in ("negative", "neutral", "positive") for i in range(n_per_class)]
+    rows = [
+        {"id": f"r{c}{i}", "product": f"p{i}", "review": f"review {c} number {i}", "sentiment": c}
+        for c in ("negative", "neutral", "positive")
+        for i in range(n_per_class)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -36,7 +39,9 @@ def test_serialises_with_template_and_keeps_ids():
 
 
 def test_missing_label_column_names_it():
-    with pytest.raises(DataValidationError, match=r"data.label_column='sentiment'.*no such column.*columns: id, product, review"):
+    with pytest.raises(
+        DataValidationError, match=r"data.label_column='sentiment'.*no such column.*columns: id, product, review"
+    ):
         prepare_table(table().drop(columns="sentiment"), CFG)
 
 
@@ -46,15 +51,20 @@ def test_missing_template_column_names_it():
 
 
 def test_bad_rows_are_dropped_and_counted():
-    df = table().astype(object)            # mixed-type cells, as Parquet or a HF dataset can hold
-    df.loc[0, "review"] = "   "            # empty text
-    df.loc[5, "review"] = np.nan           # NaN text
-    df.loc[10, "review"] = 12345           # non-string cell in a text column
-    df.loc[1, "sentiment"] = np.nan        # NaN label
+    df = table().astype(object)  # mixed-type cells, as Parquet or a HF dataset can hold
+    df.loc[0, "review"] = "   "  # empty text
+    df.loc[5, "review"] = np.nan  # NaN text
+    df.loc[10, "review"] = 12345  # non-string cell in a text column
+    df.loc[1, "sentiment"] = np.nan  # NaN label
     df = pd.concat([df, df.iloc[[6, 7]]])  # two duplicate rows
     prepared = prepare_table(df, CFG)
     q = prepared.quality
-    assert (q["dropped_empty_text"], q["dropped_non_string"], q["dropped_nan_label"], q["dropped_duplicates"]) == (2, 1, 1, 2)
+    assert (q["dropped_empty_text"], q["dropped_non_string"], q["dropped_nan_label"], q["dropped_duplicates"]) == (
+        2,
+        1,
+        1,
+        2,
+    )
     assert q["rows_in"] == 17 and q["rows_valid"] == 11 == len(prepared.table) and q["dropped_small_class"] == 0
 
 
@@ -68,7 +78,11 @@ def test_bad_rows_error_policy_names_row_and_column():
 def test_small_classes_dropped_and_too_few_classes_fail():
     df = pd.concat([table(5), pd.DataFrame([{"id": "x", "product": "p", "review": "rare", "sentiment": "rare"}])])
     prepared = prepare_table(df, CFG)
-    assert prepared.quality["dropped_small_class"] == 1 and set(prepared.table["label"]) == {"negative", "neutral", "positive"}
+    assert prepared.quality["dropped_small_class"] == 1 and set(prepared.table["label"]) == {
+        "negative",
+        "neutral",
+        "positive",
+    }
     with pytest.raises(DataValidationError, match="fewer than 2 classes"):
         prepare_table(table(5)[lambda d: d.sentiment == "neutral"], CFG)
 
@@ -94,8 +108,11 @@ def test_hugging_face_and_parquet_tables(tmp_path):
 
     df = table()
     hf = to_frame(datasets.Dataset.from_pandas(df))
-    dd = to_frame(datasets.DatasetDict({"train": datasets.Dataset.from_pandas(df.iloc[:9]),
-                                        "test": datasets.Dataset.from_pandas(df.iloc[9:])}))
+    dd = to_frame(
+        datasets.DatasetDict(
+            {"train": datasets.Dataset.from_pandas(df.iloc[:9]), "test": datasets.Dataset.from_pandas(df.iloc[9:])}
+        )
+    )
     df.to_parquet(tmp_path / "t.parquet")
     for other in (hf, dd, pd.read_parquet(tmp_path / "t.parquet")):
         assert prepare_table(other, CFG).table.equals(prepare_table(df, CFG).table)
@@ -104,7 +121,10 @@ def test_hugging_face_and_parquet_tables(tmp_path):
 def test_tokenise_once_truncates_and_counts(tokenizer):
     enc = encode(["one two three four five six seven eight", "short"], tokenizer, max_length=4, labels=[0, 1])
     assert [len(x) for x in enc.input_ids] == [4, 1] and enc.truncated == 1
-    assert enc.input_ids[0] == tokenizer("one two three four five six seven eight", add_special_tokens=False)["input_ids"][:4]
+    assert (
+        enc.input_ids[0]
+        == tokenizer("one two three four five six seven eight", add_special_tokens=False)["input_ids"][:4]
+    )
 
 
 def test_collate_pads_right_to_longest(tokenizer):

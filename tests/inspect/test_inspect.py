@@ -38,8 +38,12 @@ from toptune.inspect import (
 )
 from toptune.train.recipe import build_classifier
 
-TEXTS = ["The battery is not great, but the screen is excellent.", "Short one.",
-         "The lid is flimsy and the base is not solid, sadly.", "Works fine and the fan is quiet."]
+TEXTS = [
+    "The battery is not great, but the screen is excellent.",
+    "Short one.",
+    "The lid is flimsy and the base is not solid, sadly.",
+    "Works fine and the fan is quiet.",
+]
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 LORA = LoraSettings(r=4, alpha=8)
 
@@ -70,13 +74,25 @@ def batch_of(tokenizer, texts=TEXTS, labels=(0, 1, 2, 0)):
     return collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
 
 
-@pytest.fixture(scope="module", params=[pytest.param(("qwen3", 1), id="qwen3-K1"),
-                                        pytest.param(("qwen2", 2), id="qwen2-K2", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(("qwen3", 1), id="qwen3-K1"),
+        pytest.param(("qwen2", 2), id="qwen2-K2", marks=pytest.mark.slow),
+    ],
+)
 def report(request, tiny_qwen3, tiny_qwen2, tokenizer):
     kind, k = request.param
     path = {"qwen3": tiny_qwen3, "qwen2": tiny_qwen2}[kind]
-    return inspect_modes(ModelConfig(name_or_path=str(path), trainable_layers=k), LORA, ID2LABEL, batch_of(tokenizer),
-                         seed=0, device="cpu", tokenizer=tokenizer)
+    return inspect_modes(
+        ModelConfig(name_or_path=str(path), trainable_layers=k),
+        LORA,
+        ID2LABEL,
+        batch_of(tokenizer),
+        seed=0,
+        device="cpu",
+        tokenizer=tokenizer,
+    )
 
 
 def prefix_sum(report, mode, field="saved_bytes_by_block"):
@@ -93,8 +109,10 @@ def test_prefix_out_of_the_graph_exactly_where_it_should_be(report):
     # Input grads (as gradient checkpointing switches on) put the whole prefix back in the graph.
     assert prefix_sum(report, "topk_autograd_input_grads") > 0
     assert prefix_sum(report, "topk_autograd_input_grads", "autograd_nodes_by_block") > 0
-    assert all(m["topk_autograd_input_grads"]["saved_bytes_by_block"][f"layer.{i}"] > 0
-               for i in range(report["model"]["first_trainable_block"]))
+    assert all(
+        m["topk_autograd_input_grads"]["saved_bytes_by_block"][f"layer.{i}"] > 0
+        for i in range(report["model"]["first_trainable_block"])
+    )
     assert prefix_sum(report, "full") > 0 and prefix_sum(report, "lora_all") > 0
     k, layers = len(report["model"]["trainable_layers"]), report["model"]["num_layers"]
     assert m["topk_no_grad"]["saved_bytes_total"] <= m["lora_all"]["saved_bytes_total"] * k / layers * 1.1
@@ -105,7 +123,9 @@ def test_prefix_out_of_the_graph_exactly_where_it_should_be(report):
     assert m["full"]["frozen_params"] == 0 and m["topk_no_grad"]["cuda_peak_bytes"] is None
     for v in m.values():
         # Every saved tensor and node is charged to a block (the fused cached blocks included).
-        assert "other" not in v["saved_bytes_by_block"] and v["saved_bytes_total"] == sum(v["saved_bytes_by_block"].values())
+        assert "other" not in v["saved_bytes_by_block"] and v["saved_bytes_total"] == sum(
+            v["saved_bytes_by_block"].values()
+        )
         assert v["autograd_nodes"] == sum(v["autograd_nodes_by_block"].values()) > 0
         assert all(v["saved_bytes_by_block"][f"layer.{i}"] > 0 for i in report["model"]["trainable_layers"])
 
@@ -121,16 +141,33 @@ def test_estimate_on_an_unpadded_batch(tiny_qwen2, tokenizer):
     """No padding: no float mask, and sdpa keeps k / v at their own heads (grouped-query attention)."""
     ids = torch.randint(0, 5000, (3, 12), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2])}
-    r = inspect_modes(ModelConfig(name_or_path=str(tiny_qwen2), trainable_layers=3), LORA, ID2LABEL, batch,
-                      device="cpu", modes=("topk_no_grad", "topk_cached"), tokenizer=tokenizer)
+    r = inspect_modes(
+        ModelConfig(name_or_path=str(tiny_qwen2), trainable_layers=3),
+        LORA,
+        ID2LABEL,
+        batch,
+        device="cpu",
+        modes=("topk_no_grad", "topk_cached"),
+        tokenizer=tokenizer,
+    )
     assert not r["batch"]["padded"] and r["modes"]["topk_no_grad"]["prefix_saved_bytes"] == 0
     for mode in ("topk_no_grad", "topk_cached"):
         assert 0.8 <= r["estimate"][mode]["measured_over_estimated"] <= 1.2
 
 
 def test_estimate_scales_with_the_shapes():
-    s = BlockShape(batch=8, length=512, hidden=2560, heads=32, kv_heads=8, head_dim=128, intermediate=9728,
-                   lora_r=8, qk_norm=True, dtype_bytes=2)
+    s = BlockShape(
+        batch=8,
+        length=512,
+        hidden=2560,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=9728,
+        lora_r=8,
+        qk_norm=True,
+        dtype_bytes=2,
+    )
     one = block_saved_bytes(s)
     assert block_saved_bytes(BlockShape(**{**s.__dict__, "batch": 16})) > 1.9 * one  # ~linear in B (mask: B·T²)
     assert estimate_top_k(s, 4, pooled_last_block=True) < estimate_top_k(s, 4, pooled_last_block=False) < 4 * one
@@ -140,15 +177,19 @@ def test_estimate_scales_with_the_shapes():
 @pytest.mark.slow
 def test_cached_mode_reads_the_real_prefix_cache(tiny_qwen3, tokenizer, tmp_path):
     enc = encode(TEXTS, tokenizer, 64, labels=[0, 1, 2, 0])
-    data = {"train": enc, "val": Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2], 0),
-            "test": Encoded(enc.ids[2:], enc.input_ids[2:], enc.labels[2:], 0)}
+    data = {
+        "train": enc,
+        "val": Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2], 0),
+        "test": Encoded(enc.ids[2:], enc.input_ids[2:], enc.labels[2:], 0),
+    }
     cfg = TrainingConfig(prefix_mode="cache", cache_dir=str(tmp_path / "cache"), max_length=64, progress=False)
     model_cfg = ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2)
     batch = collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
 
     def run(stored):
-        return inspect_modes(model_cfg, LORA, ID2LABEL, batch, device="cpu", modes=("topk_cached",), stored=stored,
-                             tokenizer=tokenizer)["modes"]["topk_cached"]
+        return inspect_modes(
+            model_cfg, LORA, ID2LABEL, batch, device="cpu", modes=("topk_cached",), stored=stored, tokenizer=tokenizer
+        )["modes"]["topk_cached"]
 
     missing = run(cache_batch(data, cfg, "train", 4))
     assert "no cache at" in missing["fed_from"] and "computed once" in missing["fed_from"]
@@ -185,5 +226,11 @@ def test_inspect_parameters_are_checked(tiny_qwen3, tokenizer):
     with pytest.raises(ConfigError, match="unknown parameter inspect.bogus"):
         parse_group(InspectConfig, {"bogus": 1}, "inspect")
     with pytest.raises(ValueError, match="inspect.modes"):
-        inspect_modes(ModelConfig(name_or_path=str(tiny_qwen3)), LORA, ID2LABEL, batch_of(tokenizer), modes=("bogus",),
-                      tokenizer=tokenizer)
+        inspect_modes(
+            ModelConfig(name_or_path=str(tiny_qwen3)),
+            LORA,
+            ID2LABEL,
+            batch_of(tokenizer),
+            modes=("bogus",),
+            tokenizer=tokenizer,
+        )

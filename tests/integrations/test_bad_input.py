@@ -54,8 +54,13 @@ CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_col
 
 
 def table(n_per_class: int = 10) -> pd.DataFrame:
-    return pd.DataFrame([{"id": f"r{c}{i}", "product": f"p{i}", "review": f"review {c} number {i}", "sentiment": c}
-                         for c in ("negative", "neutral", "positive") for i in range(n_per_class)])
+    return pd.DataFrame(
+        [
+            {"id": f"r{c}{i}", "product": f"p{i}", "review": f"review {c} number {i}", "sentiment": c}
+            for c in ("negative", "neutral", "positive")
+            for i in range(n_per_class)
+        ]
+    )
 
 
 def dead_pid() -> int:
@@ -70,7 +75,10 @@ def dead_pid() -> int:
 PARAMETER_CASES = [
     ({"training": {"lr": "abc"}}, "training.lr='abc' must be a number, not a string"),
     ({"training": {"epochs": 1.5}}, "training.epochs=1.5 must be an integer, not a number"),
-    ({"model": {"trainable_layers": True}}, "model.trainable_layers=True must be an integer or a list of integers, not a bool"),
+    (
+        {"model": {"trainable_layers": True}},
+        "model.trainable_layers=True must be an integer or a list of integers, not a bool",
+    ),
     ({"model": {"trainable_layers": [5, True]}}, "model.trainable_layers=[5, True] must be"),
     ({"trainig": {"epochs": 50}}, "unknown parameter group 'trainig' (did you mean 'training'?)"),
     ({"training": {"epoch": 5}}, "unknown parameter training.epoch (did you mean training.epochs?)"),
@@ -83,7 +91,10 @@ PARAMETER_CASES = [
     ({"data": {"bad_rows": "skip"}}, "data.bad_rows='skip' must be 'drop' or 'error'"),
     ({"data": {"sample_rows": 0}}, "data.sample_rows must be > 0 or null"),
     ({"data": {"label_column": 3}}, "data.label_column=3 must be a string, not an integer"),
-    ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules='q_proj' must be auto or a non-empty list of module names"),
+    (
+        {"lora": {"target_modules": "q_proj"}},
+        "lora.target_modules='q_proj' must be auto or a non-empty list of module names",
+    ),
     ({"predict": {"batch_size": 0}}, "predict.batch_size=0 must be >= 1"),
     ({"export": {"bad_rows": "ignore"}}, "export.bad_rows='ignore' must be 'drop' or 'error'"),
     ({"inspect": {"modes": ["nope"]}}, "inspect.modes: unknown mode 'nope'"),
@@ -104,7 +115,9 @@ def test_a_new_field_is_checked_without_new_check_code():
         resume: str = "auto"
         early_stopping_patience: int | None = None
 
-    assert parse_group(Later, {"checkpoint_every": 5, "early_stopping_patience": None}, "training").checkpoint_every == 5
+    assert (
+        parse_group(Later, {"checkpoint_every": 5, "early_stopping_patience": None}, "training").checkpoint_every == 5
+    )
     with pytest.raises(ConfigError, match=re.escape("training.checkpoint_every='5' must be an integer, not a string")):
         parse_group(Later, {"checkpoint_every": "5"}, "training")
     with pytest.raises(ConfigError, match=re.escape("training.early_stopping_patience=2.5 must be an integer or null")):
@@ -125,7 +138,9 @@ def test_missing_model_directory_names_it():
 
 
 def test_trainable_layers_checked_against_config_json(tiny_qwen3):
-    with pytest.raises(ConfigError, match=r"model.trainable_layers=99 exceeds the model's 4 blocks .*num_hidden_layers=4"):
+    with pytest.raises(
+        ConfigError, match=r"model.trainable_layers=99 exceeds the model's 4 blocks .*num_hidden_layers=4"
+    ):
         check_model(ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=99))
     with pytest.raises(ConfigError, match=r"model.trainable_layers has block 7; the model has blocks 0..3"):
         check_model(ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=[1, 7]))
@@ -133,7 +148,9 @@ def test_trainable_layers_checked_against_config_json(tiny_qwen3):
 
 
 def test_composite_config_keeps_layers_in_text_config(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_5", "text_config": {"num_hidden_layers": 6}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "qwen3_5", "text_config": {"num_hidden_layers": 6}})
+    )
     save_file({"w": torch.zeros(1)}, tmp_path / "model.safetensors")
     assert check_model(ModelConfig(name_or_path=str(tmp_path), trainable_layers=6)) == list(range(6))
     with pytest.raises(ConfigError, match="exceeds the model's 6 blocks"):
@@ -183,8 +200,11 @@ def test_numbers_in_a_mostly_numeric_text_column_are_dropped_in_training_and_pre
 
 def test_a_template_column_without_text_names_the_catalog_fix():
     df = table().assign(review=range(30))
-    with pytest.raises(DataValidationError, match=r"column 'review' of data.text_template holds no text \(int64 values\).*"
-                                                  r"load_args: \{dtype: \{review: str\}\}"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"column 'review' of data.text_template holds no text \(int64 values\).*"
+        r"load_args: \{dtype: \{review: str\}\}",
+    ):
         prepare_table(df, CFG)
 
 
@@ -199,19 +219,28 @@ def test_every_drop_is_counted_sample_rows_cap_included():
 
 def test_split_too_small_for_the_fractions_names_the_fraction():
     small = prepare_table(table(10), dataclasses.replace(CFG, test_fraction=0.05)).table
-    with pytest.raises(DataValidationError, match=re.escape("data.test_fraction=0.05 of 30 valid rows gives 2 test rows for 3 classes")):
+    with pytest.raises(
+        DataValidationError, match=re.escape("data.test_fraction=0.05 of 30 valid rows gives 2 test rows for 3 classes")
+    ):
         split_table(small, dataclasses.replace(CFG, test_fraction=0.05), seed=0)
 
 
-@pytest.mark.parametrize("df,cfg,message", [
-    (table().iloc[:0], CFG, "raw_data is empty"),
-    (table().drop(columns="sentiment"), CFG, "data.label_column='sentiment': the table has no such column"),
-    (table().drop(columns="review"), CFG, "data.text_template uses column 'review', which the table lacks"),
-    (table(), DataConfig(text_template="{}"), "data.text_template must use named fields"),
-    (table().assign(sentiment="positive"), CFG, "fewer than 2 classes have >= 3 valid rows"),
-    (table().assign(review=lambda d: d["review"].where(d.index != 7, " ")), dataclasses.replace(CFG, bad_rows="error"),
-     "raw_data row 7, column 'review': empty text (data.bad_rows=error)"),
-], ids=["empty", "no-label-column", "no-template-column", "positional-template", "one-class", "bad-row-error"])
+@pytest.mark.parametrize(
+    "df,cfg,message",
+    [
+        (table().iloc[:0], CFG, "raw_data is empty"),
+        (table().drop(columns="sentiment"), CFG, "data.label_column='sentiment': the table has no such column"),
+        (table().drop(columns="review"), CFG, "data.text_template uses column 'review', which the table lacks"),
+        (table(), DataConfig(text_template="{}"), "data.text_template must use named fields"),
+        (table().assign(sentiment="positive"), CFG, "fewer than 2 classes have >= 3 valid rows"),
+        (
+            table().assign(review=lambda d: d["review"].where(d.index != 7, " ")),
+            dataclasses.replace(CFG, bad_rows="error"),
+            "raw_data row 7, column 'review': empty text (data.bad_rows=error)",
+        ),
+    ],
+    ids=["empty", "no-label-column", "no-template-column", "positional-template", "one-class", "bad-row-error"],
+)
 def test_unusable_table_is_one_line(df, cfg, message):
     with pytest.raises(DataValidationError, match=re.escape(message)):
         prepare_table(df, cfg)
@@ -236,7 +265,9 @@ def test_chance_accuracy_and_divergence_warn():
     blown = {"epochs": [{"val_accuracy": 0.9}], "steps": [{"loss": 1.1}, {"loss": float("nan")}]}
     assert set(training_warnings(blown, labels, 3)) == {"loss_diverged"}
     assert "diverged" in training_warnings({"steps": [{"loss": 1.1}, {"loss": 40.0}]}, labels, 3)["loss_diverged"]
-    assert training_warnings({"epochs": [{"val_accuracy": 0.9}], "steps": [{"loss": 1.1}, {"loss": 0.2}]}, labels, 3) == {}
+    assert (
+        training_warnings({"epochs": [{"val_accuracy": 0.9}], "steps": [{"loss": 1.1}, {"loss": 0.2}]}, labels, 3) == {}
+    )
 
 
 # --- 5. input files that cannot be read: one line naming the file and the fix --------------------
@@ -248,12 +279,21 @@ def load_error(path: Path, **kwargs) -> BaseException:
     return e.value
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "zero.csv: the file is empty"),
-    ("id,review\n1,gr\u00e9p\n".encode("latin-1"), "it is not utf-8 text (byte 0xe9); name its encoding in the catalog entry: "
-                                                   "load_args: {encoding: latin-1}"),
-    (b"a,b\n1,2\n3,4,5\n", "not a well-formed table (Error tokenizing data. C error: Expected 2 fields in line 3, saw 3)"),
-], ids=["zero-byte", "latin-1", "malformed"])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "zero.csv: the file is empty"),
+        (
+            "id,review\n1,gr\u00e9p\n".encode("latin-1"),
+            "it is not utf-8 text (byte 0xe9); name its encoding in the catalog entry: load_args: {encoding: latin-1}",
+        ),
+        (
+            b"a,b\n1,2\n3,4,5\n",
+            "not a well-formed table (Error tokenizing data. C error: Expected 2 fields in line 3, saw 3)",
+        ),
+    ],
+    ids=["zero-byte", "latin-1", "malformed"],
+)
 def test_unreadable_file_is_one_line(tmp_path, content, message):
     (tmp_path / "zero.csv").write_bytes(content)
     line = one_line(load_error(tmp_path / "zero.csv"))
@@ -328,14 +368,18 @@ def test_changed_base_model_is_refused(exported, tiny_qwen3, tmp_path):
 # --- 7. the served model: request parameters, no stack trace in a response ------------------------
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"batch_size": -1}, "params.batch_size=-1 must be an integer >= 1"),
-    ({"batch_size": 0}, "params.batch_size=0 must be an integer >= 1"),
-    ({"batch_size": True}, "params.batch_size=True must be an integer >= 1"),
-    ({"batch_size": 2.5}, "params.batch_size=2.5 must be an integer >= 1"),
-    ({"bad_rows": "skip"}, "params.bad_rows='skip' must be 'drop' or 'error'"),
-    ({"batch": 3}, "params.batch is not a parameter of this model"),
-], ids=["negative", "zero", "bool", "float", "policy", "unknown"])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"batch_size": -1}, "params.batch_size=-1 must be an integer >= 1"),
+        ({"batch_size": 0}, "params.batch_size=0 must be an integer >= 1"),
+        ({"batch_size": True}, "params.batch_size=True must be an integer >= 1"),
+        ({"batch_size": 2.5}, "params.batch_size=2.5 must be an integer >= 1"),
+        ({"bad_rows": "skip"}, "params.bad_rows='skip' must be 'drop' or 'error'"),
+        ({"batch": 3}, "params.batch is not a parameter of this model"),
+    ],
+    ids=["negative", "zero", "bool", "float", "policy", "unknown"],
+)
 def test_bad_request_parameter_names_it(params, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         request_params(params, {"bad_rows": "error", "batch_size": 64})
@@ -361,8 +405,11 @@ def test_server_fault_answers_an_error_id_not_a_trace(exported, caplog):
 
 
 def test_catalog_holds_no_pickle():
-    types = [str(v.get("type", "")) + str(v.get("dataset", {}).get("type", "") if isinstance(v.get("dataset"), dict) else "")
-             for f in (ROOT / "conf/base").glob("catalog*.yml") for v in yaml.safe_load(f.read_text()).values()]
+    types = [
+        str(v.get("type", "")) + str(v.get("dataset", {}).get("type", "") if isinstance(v.get("dataset"), dict) else "")
+        for f in (ROOT / "conf/base").glob("catalog*.yml")
+        for v in yaml.safe_load(f.read_text()).values()
+    ]
     assert types and not any("pickle" in t.lower() for t in types)
     assert "TokenisedDataset" in " ".join(types)
 
@@ -370,8 +417,10 @@ def test_catalog_holds_no_pickle():
 def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
     from toptune.integrations.datasets import TokenisedDataset
 
-    splits = {"train": encode(["one two three four", "five"], tokenizer, 3, labels=[0, 1], ids=["a", "b"]),
-              "val": encode(["six seven"], tokenizer, 3, labels=[1], ids=["c"])}
+    splits = {
+        "train": encode(["one two three four", "five"], tokenizer, 3, labels=[0, 1], ids=["a", "b"]),
+        "val": encode(["six seven"], tokenizer, 3, labels=[1], ids=["c"]),
+    }
     ds = TokenisedDataset(str(tmp_path / "tokenised"))
     ds.save(splits)
     assert sorted(p.name for p in (tmp_path / "tokenised").iterdir()) == ["train.parquet", "val.parquet"]
@@ -384,8 +433,13 @@ def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
 def test_debris_of_dead_processes_is_cleared(tmp_path):
     here, dead, live = hostname(), dead_pid(), os.getppid()
     kept = [f".prefix_cache.tmp-{here}-{live}", f".adapter.tmp-elsewhere-{dead}"]  # alive; another machine's
-    for name in (*kept, f".prefix_cache.tmp-{here}-{dead}", f".adapter.old-{here}-{dead}", f".merged.old-{here}-{dead}",
-                 f".checkpoints.tmp-{dead}"):  # the last: an older version's name, without the host
+    for name in (
+        *kept,
+        f".prefix_cache.tmp-{here}-{dead}",
+        f".adapter.old-{here}-{dead}",
+        f".merged.old-{here}-{dead}",
+        f".checkpoints.tmp-{dead}",
+    ):  # the last: an older version's name, without the host
         (tmp_path / name).mkdir()
     (tmp_path / f".manifest.json.tmp-{here}-{dead}").write_text("{")  # a file's debris too
     (tmp_path / "merged").mkdir()
@@ -401,10 +455,15 @@ def test_dead_runs_are_marked_killed(tmp_path, monkeypatch):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("toptune").experiment_id
     tags = {"toptune.host": hostname(), "toptune.project": "/p"}
-    runs = {name: client.create_run(exp, tags={**tags, **extra}).info.run_id for name, extra in {
-        "dead": {"toptune.pid": str(dead_pid())}, "alive": {"toptune.pid": str(os.getpid())},
-        "other_host": {"toptune.pid": str(dead_pid()), "toptune.host": "elsewhere"},
-        "other_project": {"toptune.pid": str(dead_pid()), "toptune.project": "/q"}}.items()}
+    runs = {
+        name: client.create_run(exp, tags={**tags, **extra}).info.run_id
+        for name, extra in {
+            "dead": {"toptune.pid": str(dead_pid())},
+            "alive": {"toptune.pid": str(os.getpid())},
+            "other_host": {"toptune.pid": str(dead_pid()), "toptune.host": "elsewhere"},
+            "other_project": {"toptune.pid": str(dead_pid()), "toptune.project": "/q"},
+        }.items()
+    }
     assert mark_dead_runs(exp, "/p", keep="") == [runs["dead"]]
     status = {name: client.get_run(rid).info.status for name, rid in runs.items()}
     assert status == {"dead": "KILLED", "alive": "RUNNING", "other_host": "RUNNING", "other_project": "RUNNING"}
@@ -430,8 +489,11 @@ def hold_lock(project: Path) -> subprocess.Popen:
 def test_lock_refuses_a_second_run_and_is_taken_over_from_a_dead_one(tmp_path):
     holder = hold_lock(tmp_path)
     try:
-        with pytest.raises(ProjectBusyError, match=rf"another toptune run is using this project \(pid {holder.pid}, "
-                                                   r"kedro run --pipelines __default__, since"):
+        with pytest.raises(
+            ProjectBusyError,
+            match=rf"another toptune run is using this project \(pid {holder.pid}, "
+            r"kedro run --pipelines __default__, since",
+        ):
             ProjectLock(tmp_path).acquire("second")
     finally:
         os.kill(holder.pid, signal.SIGKILL)
@@ -473,8 +535,9 @@ def test_misspelt_group_stops_before_any_work(project):
 def test_cli_prints_one_line_and_logs_the_trace(project):
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     kedro = str(Path(sys.executable).parent / "kedro")
-    out = subprocess.run([kedro, "run", "--params", "training.lr=abc"], capture_output=True, text=True, cwd=project,
-                         env=env, timeout=300)
+    out = subprocess.run(
+        [kedro, "run", "--params", "training.lr=abc"], capture_output=True, text=True, cwd=project, env=env, timeout=300
+    )
     text = out.stdout + out.stderr
     last = [line for line in text.splitlines() if line.strip()][-1]
     assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
@@ -505,7 +568,9 @@ def test_failed_run_keeps_the_old_model_and_concurrent_runs_never_mix(project, t
     raw.loc[5, "sentiment"] = ""
     raw.to_csv(project / "data/01_raw/ints.csv", index=False)
     (project / "conf/b").mkdir()
-    (project / "conf/b/catalog.yml").write_text("raw_data:\n  type: pandas.CSVDataset\n  filepath: data/01_raw/ints.csv\n")
+    (project / "conf/b/catalog.yml").write_text(
+        "raw_data:\n  type: pandas.CSVDataset\n  filepath: data/01_raw/ints.csv\n"
+    )
     failing = {**quick, "training.prefix_mode": "cache", "training.cache_dir": "data/01_raw/ints.csv/cache"}
     with pytest.raises(OSError):
         run_env(project, failing, "b")

@@ -101,12 +101,19 @@ def server_runs(url: str) -> list:
 
 
 def test_start_script_refuses_missing_and_shipped_admin_passwords(tmp_path):
-    for password, expected in ((None, "MLFLOW_AUTH_ADMIN_PASSWORD is not set"),
-                               ("password1234", "admin password MLflow used to ship"),
-                               ("short-pw", "MLflow wants at least 12")):
+    for password, expected in (
+        (None, "MLFLOW_AUTH_ADMIN_PASSWORD is not set"),
+        ("password1234", "admin password MLflow used to ship"),
+        ("short-pw", "MLflow wants at least 12"),
+    ):
         env = script_env(**({} if password is None else {"MLFLOW_AUTH_ADMIN_PASSWORD": password}))
-        done = subprocess.run([sys.executable, str(SCRIPT), "--port", str(free_port()), "--home", str(tmp_path)],
-                              capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--port", str(free_port()), "--home", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode != 0 and done.stdout == ""
         assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
         assert list(tmp_path.iterdir()) == []  # refused before anything was written or started
@@ -122,7 +129,8 @@ def test_run_with_credentials_lands_on_the_server(server, project, tiny, monkeyp
     with pytest.MonkeyPatch.context() as mp:  # alice's run created the experiment: she manages it
         as_user(mp, ADMIN)
         owner = get_app_client("basic-auth", tracking_uri=server["url"]).get_user_permission(
-            "alice", "experiment", r.info.experiment_id)
+            "alice", "experiment", r.info.experiment_id
+        )
     assert owner.permission == "MANAGE"
     assert r.data.params["data.label_column"] == "sentiment" and r.data.params["data.sample_rows"] == "120"
     assert r.data.metrics["data.rows_valid"] == 120
@@ -135,10 +143,16 @@ def test_run_with_credentials_lands_on_the_server(server, project, tiny, monkeyp
     assert {os.environ[k] for k in RUN_HTTP_LIMITS} == set(RUN_HTTP_LIMITS.values())
 
 
-@pytest.mark.parametrize("user, cause", [
-    (None, "the server refused the credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-    ((ALICE[0], "not-her-password"), "the server refused the credentials (401): wrong password for user 'alice', or no such user"),
-])
+@pytest.mark.parametrize(
+    "user, cause",
+    [
+        (None, "the server refused the credentials (401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        (
+            (ALICE[0], "not-her-password"),
+            "the server refused the credentials (401): wrong password for user 'alice', or no such user",
+        ),
+    ],
+)
 def test_missing_or_wrong_credentials_are_refused_before_any_node(server, project, tiny, monkeypatch, user, cause):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
     as_user(monkeypatch, user)
@@ -164,8 +178,10 @@ def test_second_user_cannot_write_to_the_first_users_experiment(server, project,
         client.create_run(exp_id)
     with pytest.raises(TrackingServerError) as refused:
         run_in_server_env(project, tiny)
-    assert refused.value.message == (f"MLflow tracking server {server['url']}: permission denied (403): user 'bob' "
-                                     "may not write to experiment 'toptune' (its creator or an admin can grant EDIT)")
+    assert refused.value.message == (
+        f"MLflow tracking server {server['url']}: permission denied (403): user 'bob' "
+        "may not write to experiment 'toptune' (its creator or an admin can grant EDIT)"
+    )
     assert len(server_runs(server["url"])) == before
     assert not (project / "data/03_primary/texts.parquet").exists()
 
@@ -198,7 +214,10 @@ def test_unreachable_server_fails_naming_the_uri(project, tiny, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         with pytest.raises(TrackingServerError) as refused:
             run_in_server_env(project, tiny)
-    assert refused.value.message == f"MLflow tracking server http://127.0.0.1:{port}: unreachable: connected, but no answer within 1 s"
+    assert (
+        refused.value.message
+        == f"MLflow tracking server http://127.0.0.1:{port}: unreachable: connected, but no answer within 1 s"
+    )
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(TrackingServerError, match="MLFLOW_TRACKING_URI is not set"):
@@ -208,8 +227,14 @@ def test_unreachable_server_fails_naming_the_uri(project, tiny, monkeypatch):
 def test_kedro_cli_prints_one_line_without_traceback(project):
     closed = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": closed}
-    done = subprocess.run([str(Path(sys.executable).parent / "kedro"), "run", "--env", "server"], cwd=project,
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "kedro"), "run", "--env", "server"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 1 and "Traceback" not in out, out[-3000:]
     assert out.strip().splitlines()[-1].startswith(f"Error: MLflow tracking server {closed}: unreachable"), out[-3000:]

@@ -28,7 +28,10 @@ def test_one_temp_name_for_files_and_directories(tmp_path):
 
 def test_atomic_file_is_whole_or_absent(tmp_path):
     entry = write_atomic(tmp_path / "a.json", b"{}")
-    assert (tmp_path / "a.json").read_bytes() == b"{}" and entry == {"bytes": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}
+    assert (tmp_path / "a.json").read_bytes() == b"{}" and entry == {
+        "bytes": 2,
+        "sha256": hashlib.sha256(b"{}").hexdigest(),
+    }
     try:
         with AtomicFile(tmp_path / "b.bin") as f:
             f.write(b"half")
@@ -74,7 +77,10 @@ def test_a_swap_killed_between_its_renames_is_undone_by_the_sweeper(tmp_path):
 def test_files_sha256_names_and_contents_in_name_order(tmp_path):
     for name, data in (("b.safetensors", b"bb"), ("a.safetensors", b"a" * 300_000)):
         (tmp_path / name).write_bytes(data)
-    lines = "".join(f"{n}:{hashlib.sha256(d).hexdigest()}\n" for n, d in (("a.safetensors", b"a" * 300_000), ("b.safetensors", b"bb")))
+    lines = "".join(
+        f"{n}:{hashlib.sha256(d).hexdigest()}\n"
+        for n, d in (("a.safetensors", b"a" * 300_000), ("b.safetensors", b"bb"))
+    )
     want = hashlib.sha256(lines.encode()).hexdigest()  # the format bundles store in toptune.json
     assert files_sha256([tmp_path / "b.safetensors", tmp_path / "a.safetensors"]) == want
     assert file_sha256(tmp_path / "b.safetensors") == hashlib.sha256(b"bb").hexdigest()

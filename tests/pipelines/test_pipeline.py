@@ -34,7 +34,14 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     (r,) = mlflow.search_runs([exp.experiment_id], output_format="list")
     assert r.info.status == "FINISHED"
     assert r.data.params["training.epochs"] == "1" and r.data.params["data.label_column"] == "sentiment"
-    assert {"test.accuracy", "test.macro_f1", "val.accuracy", "data.rows_valid", "data.dropped_duplicates", "model.trainable_params"} <= r.data.metrics.keys()
+    assert {
+        "test.accuracy",
+        "test.macro_f1",
+        "val.accuracy",
+        "data.rows_valid",
+        "data.dropped_duplicates",
+        "model.trainable_params",
+    } <= r.data.metrics.keys()
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(r.info.run_id, "train.loss")) >= 1
     assert r.data.tags["pipeline"] == "__default__" and r.data.tags["torch_version"].startswith("2.13")
@@ -45,18 +52,33 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     # The kept epoch (one here) and why, in the run and in train_summary.json.
     summary = json.loads((project / "data/08_reporting/train_summary.json").read_text())
     assert {"val.macro_f1", "val.best_macro_f1"} <= r.data.metrics.keys()
-    assert r.data.tags["best.epoch"] == str(summary["best"]["epoch"]) == "0" and r.data.tags["best.metric"] == "val.macro_f1"
-    assert r.data.tags["best.reason"] == summary["best"]["reason"] and "highest val macro_f1" in summary["best"]["reason"]
-    arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "adapter")}
+    assert (
+        r.data.tags["best.epoch"] == str(summary["best"]["epoch"]) == "0"
+        and r.data.tags["best.metric"] == "val.macro_f1"
+    )
+    assert (
+        r.data.tags["best.reason"] == summary["best"]["reason"] and "highest val macro_f1" in summary["best"]["reason"]
+    )
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {
+        a.path for a in client.list_artifacts(r.info.run_id, "adapter")
+    }
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/training_curves.png"}
     bundle = json.loads((project / "data/06_models/adapter/toptune.json").read_text())
-    assert bundle["mlflow_run_id"] == r.info.run_id and bundle["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert bundle["mlflow_run_id"] == r.info.run_id and bundle["id2label"] == {
+        "0": "negative",
+        "1": "neutral",
+        "2": "positive",
+    }
     assert r.data.tags["toptune.pid"] == str(os.getpid()) and r.data.metrics["data.dropped_sample_rows"] > 0
 
     # `inspect` on the same model, data and parameters: its own MLflow run, the report and its PNGs.
-    run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3), "inspect.modes": ["lora_all", "topk_no_grad"]}, "inspect")
+    run(
+        project,
+        {**QUICK, "model.name_or_path": str(tiny_qwen3), "inspect.modes": ["lora_all", "topk_no_grad"]},
+        "inspect",
+    )
     report = json.loads((project / "data/08_reporting/memory_report.json").read_text())
     assert report["seed_table"]["C"]["nodes"] and set(report["modes"]) == {"lora_all", "topk_no_grad"}
     assert report["modes"]["topk_no_grad"]["saved_bytes_by_block"]["layer.0"] == 0
@@ -64,7 +86,10 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     inspect_run = next(x for x in runs if x.data.tags.get("pipeline") == "inspect")
     assert "inspect.topk_no_grad.saved_bytes" in inspect_run.data.metrics
     assert {a.path for a in client.list_artifacts(inspect_run.info.run_id, "inspect")} == {
-        "inspect/memory_report.json", "inspect/memory_by_block.png", "inspect/model_blocks.png"}
+        "inspect/memory_report.json",
+        "inspect/memory_by_block.png",
+        "inspect/model_blocks.png",
+    }
 
     # export then predict, as a user would after training.
     for name in ("export", "predict"):
@@ -76,8 +101,7 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
 
 
 def test_local_parameters_override_only_their_keys(project):
-    (project / "conf/local/parameters.yml").write_text(
-        'data:\n  text_template: "{review}"\n  label_column: mood\n')
+    (project / "conf/local/parameters.yml").write_text('data:\n  text_template: "{review}"\n  label_column: mood\n')
     bootstrap_project(project)
     with KedroSession.create(project_path=project) as session:
         params = session.load_context().params
@@ -95,7 +119,8 @@ def test_broken_table_fails_naming_the_column(project):
 def test_parquet_table_through_catalog_only(project, tiny_qwen3):
     pd.read_csv(project / "data/01_raw/reviews.csv").to_parquet(project / "data/01_raw/reviews.parquet")
     (project / "conf/local/catalog.yml").write_text(
-        "raw_data:\n  type: pandas.ParquetDataset\n  filepath: data/01_raw/reviews.parquet\n")
+        "raw_data:\n  type: pandas.ParquetDataset\n  filepath: data/01_raw/reviews.parquet\n"
+    )
     run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3)}, pipeline="data")
     table = pd.read_parquet(project / "data/03_primary/texts.parquet")
     assert len(table) == 240 and table["text"].str.startswith("Product: ").all()

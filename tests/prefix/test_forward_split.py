@@ -80,7 +80,11 @@ def test_prefix_saves_nothing_even_with_input_grads(tiny_checkpoint, tokenizer, 
     prefix = range(clf.first_trainable_block)
 
     def step(mode):
-        return lambda: forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode).sum().backward()
+        return lambda: (
+            forward_logits(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, mode)
+            .sum()
+            .backward()
+        )
 
     stock = saved_bytes_by_block(clf.model, step("autograd"))
     ours = saved_bytes_by_block(clf.model, step("no_grad"))

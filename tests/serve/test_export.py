@@ -87,8 +87,14 @@ def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
     np.testing.assert_allclose(np.array(got["logits"]), expected, atol=1e-4, rtol=0)
     assert got["labels"] == [ID2LABEL[i] for i in expected.argmax(-1)]
     files = {p.name for p in exported["merged"].iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "toptune.json",
-            "examples.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "toptune.json",
+        "examples.json",
+    } <= files
     assert "adapter_config.json" not in files
 
 
@@ -98,7 +104,9 @@ def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
 def test_prepare_rows_uses_template_ignores_label_and_keeps_ids():
     rows = prepare_rows(raw_rows(3), SERVING)
     assert rows.ids == ["r00000", "r00001", "r00002"] and rows.source == "template columns"
-    assert rows.texts[0] == "Product: camera\nChannel: phone\nReview: The grip is reliable, but the shutter is not sturdy."
+    assert (
+        rows.texts[0] == "Product: camera\nChannel: phone\nReview: The grip is reliable, but the shutter is not sturdy."
+    )
     assert rows.counts == {"rows_in": 3, "rows_predicted": 3, "dropped_empty_text": 0, "dropped_non_string": 0}
     no_ids = prepare_rows(raw_rows(3).drop(columns=["id", "sentiment"]), SERVING)
     assert no_ids.ids == ["0", "1", "2"] and no_ids.texts == rows.texts

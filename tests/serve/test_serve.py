@@ -33,7 +33,9 @@ def listen_addresses(port: int) -> set[str]:
     """Local addresses with a socket listening on ``port``."""
     import psutil
 
-    return {c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {
+        c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
 
 
 def assert_no_trace(body: dict, root: Path) -> None:
@@ -55,14 +57,28 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
     # The server runs `uvicorn` from PATH: put this environment's scripts first.
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     # No -h: the server binds its default, loopback only.
-    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", info["model_uri"], "--env-manager", "local", "-p", str(port)]
+    cmd = [
+        str(bin_dir / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        info["model_uri"],
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+    ]
     with open(log, "w") as out:
         # Own process group: the CLI execs uvicorn in a child; stopping the group stops both.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_answer(url + "/ping", proc, log, "mlflow models serve")
-        status, body = post(url + "/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))})
+        status, body = post(
+            url + "/invocations", {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        )
         assert status == 200, body
         preds = body["predictions"]
         assert [p["id"] for p in preds] == ["r00000", "r00001"]
@@ -70,15 +86,22 @@ def test_rest_server_classifies_two_rows(tmp_path, monkeypatch, tiny_qwen3):
         assert all(abs(sum(v for k, v in p.items() if k.startswith("prob_")) - 1) < 1e-4 for p in preds)
         # A bad row is the client's fault: 400 naming the row and column (default export.bad_rows=error).
         bad = rows.assign(review=["", "Fine."])
-        status, body = post(url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False))})
+        status, body = post(
+            url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False))}
+        )
         assert status == 400 and "column 'review': empty text" in body.get("message", ""), body
-        status, body = post(url + "/invocations", {"dataframe_split": json.loads(bad.to_json(orient="split", index=False)),
-                                                    "params": {"bad_rows": "drop"}})
+        status, body = post(
+            url + "/invocations",
+            {"dataframe_split": json.loads(bad.to_json(orient="split", index=False)), "params": {"bad_rows": "drop"}},
+        )
         assert status == 200 and [p["id"] for p in body["predictions"]] == ["r00001"], body
         assert listen_addresses(port) == {"127.0.0.1"}
         split = json.loads(rows.to_json(orient="split", index=False))
-        for params, name in (({"batch_size": -1}, "params.batch_size=-1"), ({"batch_size": 0}, "params.batch_size=0"),
-                             ({"bad_rows": "skip"}, "params.bad_rows='skip'")):
+        for params, name in (
+            ({"batch_size": -1}, "params.batch_size=-1"),
+            ({"batch_size": 0}, "params.batch_size=0"),
+            ({"bad_rows": "skip"}, "params.bad_rows='skip'"),
+        ):
             status, body = post(url + "/invocations", {"dataframe_split": split, "params": params})
             assert status == 400 and name in body.get("message", ""), (params, body)
             assert_no_trace(body, tmp_path)

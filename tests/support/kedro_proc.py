@@ -8,14 +8,22 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-ENV = {"KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}
-KEDRO_PARAMS = ("data.sample_rows=240,training.epochs=2,training.batch_size=8,training.log_every=1,"
-                "training.progress=false,training.prefix_mode=cache")
+ENV = {
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "COLUMNS": "200",
+}
+KEDRO_PARAMS = (
+    "data.sample_rows=240,training.epochs=2,training.batch_size=8,training.log_every=1,"
+    "training.progress=false,training.prefix_mode=cache"
+)
 
 # Imported by every Python process of a run (PYTHONPATH): records, per rank, each path under the project
 # it opens for writing, creates, renames onto, removes or opens as a sqlite database.
-AUDIT = '''
+AUDIT = """
 import os, sys
 _log, _root = os.environ.get("WRITE_AUDIT"), os.getcwd() + os.sep
 _rank = os.environ.get("RANK", "-")
@@ -43,7 +51,7 @@ def _hook(event, args):
         finally:
             _busy.pop()
 sys.addaudithook(_hook)
-'''
+"""
 
 
 def run(cmd: list[str], cwd: Path, audit: Path | None = None) -> subprocess.CompletedProcess:
@@ -58,5 +66,3 @@ def run(cmd: list[str], cwd: Path, audit: Path | None = None) -> subprocess.Comp
 
 def torchrun(*args: str) -> list[str]:
     return [str(BIN / "torchrun"), "--nproc-per-node", "2", *args]
-
-

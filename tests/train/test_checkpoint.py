@@ -43,8 +43,11 @@ def data(tiny_qwen3):
 
 def run_config(tiny_qwen3, **training) -> RunConfig:
     base = dict(prefix_mode="no_grad", epochs=3, batch_size=8, eval_batch_size=16, log_every=1, progress=False)
-    return RunConfig(model=ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2), lora=LoraSettings(r=4, alpha=8),
-                     training=TrainingConfig(**{**base, **training}))
+    return RunConfig(
+        model=ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2),
+        lora=LoraSettings(r=4, alpha=8),
+        training=TrainingConfig(**{**base, **training}),
+    )
 
 
 def trained(cfg: RunConfig, data, directory, resume="never", every=None, keep=100):
@@ -87,16 +90,34 @@ def test_another_configuration_is_skipped_or_refused(tiny_qwen3, data, tmp_path,
     assert f"checkpoint {ck.path} skipped: training.lr changed (0.003 → 0.001)" in caplog.text
     with pytest.raises(CheckpointError) as err:
         trained(other, data, tmp_path, resume=str(ck.path))
-    assert str(err.value) == f"training.resume={ck.path}: refused, made for another configuration: training.lr changed (0.003 → 0.001)"
+    assert (
+        str(err.value)
+        == f"training.resume={ck.path}: refused, made for another configuration: training.lr changed (0.003 → 0.001)"
+    )
     # What does not change the steps does not refuse: the same run, other progress / patience / checkpoint settings.
-    same = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, progress=True, early_stopping_patience=3,
-                                                                  checkpoint_every=7, eval_batch_size=4))
+    same = dataclasses.replace(
+        cfg,
+        training=dataclasses.replace(
+            cfg.training, progress=True, early_stopping_patience=3, checkpoint_every=7, eval_batch_size=4
+        ),
+    )
     assert trained(same, data, tmp_path, resume=str(ck.path))[0].resumed_from == str(ck.path)
     # Another world size, other data: refused, naming the field.
     two = fingerprint(cfg, 2, "cpu", data)
-    assert "world changed (1 → 2)" in str(pytest.raises(CheckpointError, Checkpoints(tmp_path, two, str(ck.path)).restore).value)
-    fewer = {**data, "train": dataclasses.replace(data["train"], input_ids=data["train"].input_ids[:-1], labels=data["train"].labels[:-1])}
-    assert "data changed" in str(pytest.raises(CheckpointError, Checkpoints(tmp_path, fingerprint(cfg, 1, "cpu", fewer), str(ck.path)).restore).value)
+    assert "world changed (1 → 2)" in str(
+        pytest.raises(CheckpointError, Checkpoints(tmp_path, two, str(ck.path)).restore).value
+    )
+    fewer = {
+        **data,
+        "train": dataclasses.replace(
+            data["train"], input_ids=data["train"].input_ids[:-1], labels=data["train"].labels[:-1]
+        ),
+    }
+    assert "data changed" in str(
+        pytest.raises(
+            CheckpointError, Checkpoints(tmp_path, fingerprint(cfg, 1, "cpu", fewer), str(ck.path)).restore
+        ).value
+    )
 
 
 @pytest.mark.slow
@@ -123,7 +144,7 @@ def test_checkpoints_are_atomic_and_pruned(tiny_qwen3, data, tmp_path):
     trained(cfg, data, tmp_path, every=1, keep=3)
     kept = newest_first(tmp_path)
     assert [c.step for c in kept] == [4, 3, 2] and len(list(tmp_path.iterdir())) == 3
-    (tmp_path / f".{kept[0].path.name}.tmp-{2 ** 22 + 7}").mkdir()  # a write killed before its rename: never listed
+    (tmp_path / f".{kept[0].path.name}.tmp-{2**22 + 7}").mkdir()  # a write killed before its rename: never listed
     torn = kept[0].path
     with open(torn / STATE, "r+b") as f:  # a torn state file: not a complete checkpoint
         f.truncate(100)
@@ -144,7 +165,9 @@ def test_best_epoch_is_kept(tiny_qwen3, data, tmp_path):
         best = values.index(min(values) if metric == "loss" else max(values))  # the first of equals
         assert result.best["epoch"] == best and result.best["value"] == values[best] and result.best["metric"] == metric
         # The model ends with that epoch's weights: those its epoch-end checkpoint holds.
-        end_of_best = next(c for c in newest_first(tmp_path / metric) if c.meta["epoch"] == best + 1 and c.meta["batch"] == 0)
+        end_of_best = next(
+            c for c in newest_first(tmp_path / metric) if c.meta["epoch"] == best + 1 and c.meta["batch"] == 0
+        )
         state = end_of_best.load_state()
         for name, w in weights.items():
             assert torch.equal(w, state["trainable"][name]), (metric, name)
@@ -160,7 +183,12 @@ def test_early_stopping(tiny_qwen3, data, tmp_path):
 
 
 def test_parameters_checked(monkeypatch):
-    for field, value in (("metric_for_best", "f1"), ("checkpoint_every", -1), ("early_stopping_patience", -2), ("resume", "")):
+    for field, value in (
+        ("metric_for_best", "f1"),
+        ("checkpoint_every", -1),
+        ("early_stopping_patience", -2),
+        ("resume", ""),
+    ):
         with pytest.raises(ConfigError, match=f"training.{field}="):
             parse_group(TrainingConfig, {field: value}, "training")
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -182,11 +210,16 @@ def test_one_selection_answers_with_the_checkpoint_or_why(tmp_path):
     assert select(tmp_path, fp, str(mine.path)).why == "given"
     refused = select(tmp_path, fp, str(theirs.path))
     assert refused.why == "refused" and refused.checkpoint is None
-    assert refused.message == f"training.resume={theirs.path}: refused, made for another configuration: training.lr changed (0.2 → 0.1)"
+    assert (
+        refused.message
+        == f"training.resume={theirs.path}: refused, made for another configuration: training.lr changed (0.2 → 0.1)"
+    )
     with pytest.raises(CheckpointError, match="made for another configuration"):
         refused.get()
     # The tracking layer's reasons (``also``) pass a checkpoint over; a reopened run's checkpoint that cannot go on
     # refuses.
     passed = select(tmp_path, fp, "auto", also=lambda ck: ["its MLflow run r1 finished"])
     assert passed.why == "none_match" and [why for _, why in passed.skipped][-1] == "its MLflow run r1 finished"
-    assert select(tmp_path, other, "auto", run_id="r1").message.startswith(f"checkpoint {mine.path} of MLflow run r1 cannot continue it")
+    assert select(tmp_path, other, "auto", run_id="r1").message.startswith(
+        f"checkpoint {mine.path} of MLflow run r1 cannot continue it"
+    )

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow  # torchrun and `kedro run` subprocesses
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
+
 def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
@@ -39,7 +40,9 @@ def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
     for mode in ("no_grad", "autograd"):
         a, b = (torch.load(d / f"{mode}.pt", weights_only=True) for d in (one, two))
         assert (a["world"], b["world"]) == (1, 2)
-        assert a["optimizers"] == b["optimizers"] and set(a["optimizers"]) == {"SGD"}, "the worker trains with plain SGD"
+        assert a["optimizers"] == b["optimizers"] and set(a["optimizers"]) == {"SGD"}, (
+            "the worker trains with plain SGD"
+        )
         assert a["moved"] > 1e-3, f"{mode}: training moved the adapter by {a['moved']:.2g} only"
         assert len(a["losses"]) == len(b["losses"]) == 16  # 8 global batches (the last one of 1 row) × 2 epochs
         np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-4, err_msg=mode)
@@ -47,7 +50,9 @@ def test_library_live_modes_two_processes_equal_one(tiny_qwen3, tmp_path):
         for name in a["adapter"]:
             torch.testing.assert_close(b["adapter"][name], a["adapter"][name], atol=1e-5, rtol=0, msg=f"{mode} {name}")
         torch.testing.assert_close(b["test_logits"], a["test_logits"], atol=1e-5, rtol=0)
-        assert a["best"] == b["best"] and [e["val_macro_f1"] for e in a["epochs"]] == [e["val_macro_f1"] for e in b["epochs"]]
+        assert a["best"] == b["best"] and [e["val_macro_f1"] for e in a["epochs"]] == [
+            e["val_macro_f1"] for e in b["epochs"]
+        ]
 
 
 def audit_rows(path: Path) -> list[tuple[str, str, str]]:
@@ -77,7 +82,9 @@ def test_kedro_run_under_torchrun_equals_one_process(reference_run, tmp_path):
     assert (ma["accuracy"], ma["macro_f1"]) == (mb["accuracy"], mb["macro_f1"])
 
     db = sqlite3.connect(two / "mlflow.db")
-    assert db.execute("select status from runs").fetchall() == [("FINISHED",)], "one MLflow run per job, not one per process"
+    assert db.execute("select status from runs").fetchall() == [("FINISHED",)], (
+        "one MLflow run per job, not one per process"
+    )
     assert db.execute("select count(*) from metrics where key = 'train.loss'").fetchone()[0] == 48
 
     # Kedro logs "Using 'conf/logging.yml'…" to toptune.log in every process before any project code runs;
@@ -90,6 +97,10 @@ def test_kedro_run_under_torchrun_equals_one_process(reference_run, tmp_path):
     shards = {p for r, e, p in rows if r == "1" and e in ("os.rename", "os.replace")}
     assert shards and not any(p.endswith("manifest.json") for p in shards), shards
     writes = Counter(p for _, event, p in rows if event == "open" and p.startswith("data/"))
-    assert {"data/08_reporting/metrics.json", "data/08_reporting/train_summary.json", "data/04_feature/prefix_cache.json"} <= writes.keys()
+    assert {
+        "data/08_reporting/metrics.json",
+        "data/08_reporting/train_summary.json",
+        "data/04_feature/prefix_cache.json",
+    } <= writes.keys()
     assert ("0", "os.rename", "data/06_models/adapter") in rows  # the adapter bundle, staged then renamed into place
     assert max(writes.values()) == 1, f"files written more than once: {[p for p, n in writes.items() if n > 1]}"

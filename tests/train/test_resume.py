@@ -37,11 +37,19 @@ def kill_at_checkpoint(project: Path, params: str, step: int) -> int:
     """Start ``kedro run`` in ``project``, SIGKILL its process group as soon as the complete checkpoint of
     ``step`` appears (polled every 10 ms); returns the newest checkpoint's step at that moment."""
     log = open(project / "killed.log", "w")
-    proc = subprocess.Popen([str(BIN / "kedro"), "run", "--params", params], cwd=project, env={**os.environ, **ENV},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "kedro"), "run", "--params", params],
+        cwd=project,
+        env={**os.environ, **ENV},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     while not any(c.step >= step for c in newest_first(project / CHECKPOINTS)):
-        assert proc.poll() is None, f"the run ended before step {step}'s checkpoint:\n{(project / 'killed.log').read_text()[-3000:]}"
+        assert proc.poll() is None, (
+            f"the run ended before step {step}'s checkpoint:\n{(project / 'killed.log').read_text()[-3000:]}"
+        )
         assert time.monotonic() < deadline, f"no checkpoint of step {step} within 600 s"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -58,13 +66,17 @@ def test_kill_9_then_resume_is_bit_identical(reference_run, tmp_path, monkeypatc
     assert KILL_AT <= killed_at < 48, f"killed with the checkpoint of step {killed_at} the newest"
     assert not (job / "data/08_reporting/metrics.json").exists(), "training ended before the kill"
 
-    out = run([str(BIN / "kedro"), "run", "--params", f"{params},training.checkpoint_every=2,training.resume=auto"], job)
+    out = run(
+        [str(BIN / "kedro"), "run", "--params", f"{params},training.checkpoint_every=2,training.resume=auto"], job
+    )
     assert "resuming from checkpoint" in out.stdout and "continuing MLflow run" in out.stdout
 
     a, b = (load_file(p / "data/06_models/adapter/adapter_model.safetensors") for p in (ref, job))
     assert a.keys() == b.keys()
     differ = [k for k in a if not np.array_equal(a[k], b[k])]
-    assert not differ, f"killed after step {killed_at}'s checkpoint: adapter differs from the uninterrupted run in {differ[:3]}"
+    assert not differ, (
+        f"killed after step {killed_at}'s checkpoint: adapter differs from the uninterrupted run in {differ[:3]}"
+    )
     sa, sb = (json.loads((p / "data/08_reporting/train_summary.json").read_text()) for p in (ref, job))
     assert sb["steps"] == sa["steps"] and sb["best"] == sa["best"]
     assert sb["resumed_from"] and sa["resumed_from"] is None
@@ -81,12 +93,25 @@ def test_kill_9_then_resume_is_bit_identical(reference_run, tmp_path, monkeypatc
     monkeypatch.chdir(job)
     bootstrap_project(job)
     other = newest_first(job / CHECKPOINTS)[0].path
-    runtime = {"data": {"sample_rows": 240}, "training": {"epochs": 2, "batch_size": 8, "log_every": 1, "progress": False,
-                                                         "prefix_mode": "cache", "lr": 0.01, "resume": str(other)},
-               "model": {"name_or_path": params.split("model.name_or_path=")[1].split(",")[0]}}
+    runtime = {
+        "data": {"sample_rows": 240},
+        "training": {
+            "epochs": 2,
+            "batch_size": 8,
+            "log_every": 1,
+            "progress": False,
+            "prefix_mode": "cache",
+            "lr": 0.01,
+            "resume": str(other),
+        },
+        "model": {"name_or_path": params.split("model.name_or_path=")[1].split(",")[0]},
+    }
     with KedroSession.create(project_path=job, runtime_params=runtime) as session:
         with pytest.raises(CheckpointError) as err:
             session.run()
     assert "\n" not in str(err.value)
-    assert f"training.resume={other}: refused, made for another configuration: training.lr changed (0.003 → 0.01)" == str(err.value)
+    assert (
+        f"training.resume={other}: refused, made for another configuration: training.lr changed (0.003 → 0.01)"
+        == str(err.value)
+    )
     assert db.execute("select count(*) from runs").fetchone() == (1,)

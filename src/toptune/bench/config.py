@@ -21,24 +21,49 @@ from toptune.train.device import resolve_device
 RUNS = ("hf_trainer", "hf_trainer_group_by_length", "autograd", "no_grad", "cache", "floor")
 """Every run of ``make bench``, in the order they run (``floor`` reuses the ``cache`` run's cache)."""
 
-BENCH_SPEC = dict(hidden_size=256, intermediate_size=384, num_heads=8, num_kv_heads=4, head_dim=32,
-                  initializer_range=0.05, embedding_std=1.0)
+BENCH_SPEC = dict(
+    hidden_size=256,
+    intermediate_size=384,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=32,
+    initializer_range=0.05,
+    embedding_std=1.0,
+)
 """The bench's tiny Qwen3 width. With the default tiny spec (width 128, init 0.1, embeddings 0.3)
 3 epochs end mid-way through the jump from a ~0.52 plateau to ~1.0 test accuracy, at an epoch that
 moves with the batch order, so two equally correct recipes differ by up to 45 points and the accuracy
 comparison measures luck. At width 256 (init 0.05, embeddings 1.0, lr 1.5e-3, LoRA alpha 64) the
 jump comes in epoch 1-2."""
 
-QWEN3_4B_SHAPE = dict(num_layers=36, hidden_size=2560, intermediate_size=9728, num_heads=32, num_kv_heads=8,
-                      head_dim=128, initializer_range=0.02, embedding_std=0.02)
+QWEN3_4B_SHAPE = dict(
+    num_layers=36,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    initializer_range=0.02,
+    embedding_std=0.02,
+)
 """Qwen3-4B's shape (config.json of Qwen/Qwen3-4B); random weights, for time and memory only."""
 
 
 def bench_training() -> TrainingConfig:
     """The recipe every run shares (``prefix_mode`` is set per run)."""
-    return TrainingConfig(epochs=3, batch_size=16, eval_batch_size=64, lr=1.5e-3, warmup_ratio=0.06, max_grad_norm=1.0,
-                          max_length=128, seed=42, progress=False, log_every=10 ** 9,
-                          cache_dir="data/04_feature/bench_prefix_cache")
+    return TrainingConfig(
+        epochs=3,
+        batch_size=16,
+        eval_batch_size=64,
+        lr=1.5e-3,
+        warmup_ratio=0.06,
+        max_grad_norm=1.0,
+        max_length=128,
+        seed=42,
+        progress=False,
+        log_every=10**9,
+        cache_dir="data/04_feature/bench_prefix_cache",
+    )
 
 
 @dataclass
@@ -123,8 +148,11 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     name = platform.processor() or "cpu"
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return f"{name} ({len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads)"
@@ -142,18 +170,39 @@ def prepare_setup(bc: BenchConfig, model_path: str, table: pd.DataFrame | None =
     id2label = label_map(table["label"])
     data = encode_splits(split_table(table, DataConfig(), bc.training.seed), tok, bc.training.max_length, id2label)
     model_cfg = ModelConfig(name_or_path=model_path, trainable_layers=bc.trainable_layers, dtype=dtype)
-    return Setup(model_path, model_cfg, LoraSettings(alpha=bc.lora_alpha), data, id2label, tok,
-                 resolve_device(bc.training.device))
+    return Setup(
+        model_path,
+        model_cfg,
+        LoraSettings(alpha=bc.lora_alpha),
+        data,
+        id2label,
+        tok,
+        resolve_device(bc.training.device),
+    )
 
 
 def config_dict(bc: BenchConfig, setup: Setup, spec: dict) -> dict:
     """What a bench ran with, flat enough for MLflow parameters."""
     tc = bc.training
-    return {"model": spec, "model_path": setup.model_path, "num_layers": spec.get("num_layers"),
-            "trainable_layers": bc.trainable_layers, "dtype": setup.model_cfg.dtype, "epochs": tc.epochs,
-            "batch_size": tc.batch_size, "eval_batch_size": tc.eval_batch_size, "max_length": tc.max_length, "lr": tc.lr,
-            "lora_alpha": bc.lora_alpha, "warmup_ratio": tc.warmup_ratio, "max_grad_norm": tc.max_grad_norm,
-            "seed": tc.seed, "lora": dataclasses.asdict(setup.lora), "data": bc.data_path,
-            "examples": {k: len(v) for k, v in setup.data.items()},
-            "tokens": {k: int(v.lengths().sum()) for k, v in setup.data.items()},
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {
+        "model": spec,
+        "model_path": setup.model_path,
+        "num_layers": spec.get("num_layers"),
+        "trainable_layers": bc.trainable_layers,
+        "dtype": setup.model_cfg.dtype,
+        "epochs": tc.epochs,
+        "batch_size": tc.batch_size,
+        "eval_batch_size": tc.eval_batch_size,
+        "max_length": tc.max_length,
+        "lr": tc.lr,
+        "lora_alpha": bc.lora_alpha,
+        "warmup_ratio": tc.warmup_ratio,
+        "max_grad_norm": tc.max_grad_norm,
+        "seed": tc.seed,
+        "lora": dataclasses.asdict(setup.lora),
+        "data": bc.data_path,
+        "examples": {k: len(v) for k, v in setup.data.items()},
+        "tokens": {k: int(v.lengths().sum()) for k, v in setup.data.items()},
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }

@@ -55,16 +55,21 @@ def joined_reviews(table: pd.DataFrame, rows: int, per_text: int) -> pd.DataFram
     """``rows`` texts, text ``i`` = reviews ``i … i+per_text-1`` of ``table`` (cycling) joined by a blank
     line, labelled as review ``i``; ids ``long000000`` …"""
     texts, labels, n = table["text"].tolist(), table["label"].tolist(), len(table)
-    return pd.DataFrame({"id": [f"long{i:06d}" for i in range(rows)],
-                         "text": ["\n\n".join(texts[(i + j) % n] for j in range(per_text)) for i in range(rows)],
-                         "label": [labels[i % n] for i in range(rows)]})
+    return pd.DataFrame(
+        {
+            "id": [f"long{i:06d}" for i in range(rows)],
+            "text": ["\n\n".join(texts[(i + j) % n] for j in range(per_text)) for i in range(rows)],
+            "label": [labels[i % n] for i in range(rows)],
+        }
+    )
 
 
 def gpu_bench_config(bc: BenchConfig) -> BenchConfig:
     """``bc`` with the GPU bench's K, sequence length, device and cache directory."""
     g = bc.gpu
-    training = dataclasses.replace(bc.training, max_length=g.max_length, device=g.device,
-                                   cache_dir=bc.training.cache_dir + "-4b")
+    training = dataclasses.replace(
+        bc.training, max_length=g.max_length, device=g.device, cache_dir=bc.training.cache_dir + "-4b"
+    )
     return dataclasses.replace(bc, trainable_layers=g.trainable_layers, training=training, sample_rows=None)
 
 
@@ -78,6 +83,15 @@ def run_gpu_bench(bc: BenchConfig) -> dict:
         warm_up(setup, gbc, g.runs)
     runs = run_all(setup, gbc, g.runs)
     lengths = setup.data["train"].lengths()
-    return {"config": {**config_dict(gbc, setup, g.spec), "rows": g.rows, "reviews_per_text": g.reviews_per_text,
-                       "tokens_per_example_min": int(lengths.min()), "tokens_per_example_max": int(lengths.max())},
-            "device": device_name(setup.device), "runs": runs, "speedups": speedups(runs)}
+    return {
+        "config": {
+            **config_dict(gbc, setup, g.spec),
+            "rows": g.rows,
+            "reviews_per_text": g.reviews_per_text,
+            "tokens_per_example_min": int(lengths.min()),
+            "tokens_per_example_max": int(lengths.max()),
+        },
+        "device": device_name(setup.device),
+        "runs": runs,
+        "speedups": speedups(runs),
+    }

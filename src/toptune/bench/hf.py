@@ -32,17 +32,31 @@ def hf_model(setup: Setup, bc: BenchConfig):
     checks that the score head and LoRA weights start equal)."""
     set_seed(bc.training.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        setup.model_path, num_labels=len(setup.id2label), id2label=setup.id2label,
-        label2id={v: k for k, v in setup.id2label.items()}, pad_token_id=setup.tokenizer.pad_token_id,
-        dtype=torch.bfloat16 if setup.model_cfg.dtype == "bfloat16" else torch.float32)
+        setup.model_path,
+        num_labels=len(setup.id2label),
+        id2label=setup.id2label,
+        label2id={v: k for k, v in setup.id2label.items()},
+        pad_token_id=setup.tokenizer.pad_token_id,
+        dtype=torch.bfloat16 if setup.model_cfg.dtype == "bfloat16" else torch.float32,
+    )
     model.config.pad_token_id = setup.tokenizer.pad_token_id
     n = model.config.num_hidden_layers
     trainable_blocks = list(range(n - bc.trainable_layers, n))
     # The projections toptune adapts, named the way a user names them: leaf names + layers_to_transform.
     leaves = sorted({name.rpartition(".")[2] for name in target_modules(model, trainable_blocks, setup.lora)})
     lora = setup.lora
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=leaves,
-                                            layers_to_transform=trainable_blocks, layers_pattern="layers", task_type="SEQ_CLS")).to(setup.device)
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=leaves,
+            layers_to_transform=trainable_blocks,
+            layers_pattern="layers",
+            task_type="SEQ_CLS",
+        ),
+    ).to(setup.device)
 
 
 def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict:
@@ -51,7 +65,10 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     model = hf_model(setup, bc)
 
     def rows(enc: Encoded) -> list[dict]:  # a list is a map-style dataset
-        return [{"input_ids": x, "attention_mask": [1] * len(x), "label": y} for x, y in zip(enc.input_ids, enc.labels, strict=True)]
+        return [
+            {"input_ids": x, "attention_mask": [1] * len(x), "label": y}
+            for x, y in zip(enc.input_ids, enc.labels, strict=True)
+        ]
 
     class CountingCollator(DataCollatorWithPadding):
         """``DataCollatorWithPadding``, counting padded positions for the report."""
@@ -81,14 +98,36 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     sampling: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if group_by_length else {}
     cuda, timer, out = dev.type == "cuda", EpochTimer(), tempfile.mkdtemp(prefix="toptune-bench-hf-")
     args = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=tc.eval_batch_size,
-        num_train_epochs=tc.epochs, learning_rate=tc.lr, weight_decay=0.0, lr_scheduler_type="linear",
-        warmup_steps=int(tc.warmup_ratio * steps), max_grad_norm=tc.max_grad_norm, eval_strategy="epoch",
-        save_strategy="no", logging_strategy="epoch", report_to="none", seed=tc.seed, disable_tqdm=True,
-        use_cpu=not cuda, bf16=cuda and setup.model_cfg.dtype != "float32", dataloader_pin_memory=cuda, **sampling)
+        output_dir=out,
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=tc.eval_batch_size,
+        num_train_epochs=tc.epochs,
+        learning_rate=tc.lr,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=int(tc.warmup_ratio * steps),
+        max_grad_norm=tc.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to="none",
+        seed=tc.seed,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=cuda and setup.model_cfg.dtype != "float32",
+        dataloader_pin_memory=cuda,
+        **sampling,
+    )
     accuracy = lambda p: {"accuracy": float((np.asarray(p.predictions).argmax(-1) == p.label_ids).mean())}  # noqa: E731
-    trainer = Trainer(model=model, args=args, train_dataset=rows(data["train"]), eval_dataset=rows(data["val"]),
-                      data_collator=CountingCollator(setup.tokenizer), compute_metrics=accuracy, callbacks=[timer])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows(data["train"]),
+        eval_dataset=rows(data["val"]),
+        data_collator=CountingCollator(setup.tokenizer),
+        compute_metrics=accuracy,
+        callbacks=[timer],
+    )
     CountingCollator.real = CountingCollator.padded = 0
     with timed(dev) as t:
         trainer.train()
@@ -96,5 +135,11 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
     # A list is a map-style dataset; Trainer.predict's annotation names only torch's Dataset class.
     pred = trainer.predict(rows(data["test"]))  # type: ignore[arg-type]
     shutil.rmtree(out, ignore_errors=True)
-    return result_row(setup, bc, t, timer.seconds, float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean()),
-                      padding_fraction=pad)
+    return result_row(
+        setup,
+        bc,
+        t,
+        timer.seconds,
+        float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean()),
+        padding_fraction=pad,
+    )

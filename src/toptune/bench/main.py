@@ -39,8 +39,12 @@ def run_bench(bc: BenchConfig, tiny: bool = True) -> dict:
         if bc.warm_up:
             warm_up(setup, bc, bc.runs)
         runs = run_all(setup, bc, bc.runs)
-        result = {"config": config_dict(bc, setup, spec), "device": device_name(setup.device), "runs": runs,
-                  "speedups": speedups(runs)}
+        result = {
+            "config": config_dict(bc, setup, spec),
+            "device": device_name(setup.device),
+            "runs": runs,
+            "speedups": speedups(runs),
+        }
     g = bc.gpu
     if g.enabled and (g.device != "cuda" or torch.cuda.is_available()):
         result["gpu_4b"] = run_gpu_bench(bc)
@@ -69,13 +73,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     p.add_argument("--gpu-runs", default=",".join(g.runs), help="runs of the Qwen3-4B-shaped bench")
     p.add_argument("--gpu-max-length", type=int, default=g.max_length, help="tokens per text of the 4B-shaped bench")
     a = p.parse_args(argv)
-    training = dataclasses.replace(bc.training, epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
-                                   lr=a.lr, seed=a.seed, device=a.device)
-    gpu = dataclasses.replace(g, enabled=not a.no_gpu_model, rows=a.gpu_rows, max_length=a.gpu_max_length,
-                              runs=tuple(r for r in a.gpu_runs.split(",") if r))
-    bc = dataclasses.replace(bc, num_layers=a.layers, trainable_layers=a.trainable_layers, training=training,
-                             sample_rows=a.sample_rows, runs=tuple(r for r in a.runs.split(",") if r), out_dir=a.out_dir,
-                             warm_up=not a.no_warm_up, gpu=gpu)
+    training = dataclasses.replace(
+        bc.training,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        lr=a.lr,
+        seed=a.seed,
+        device=a.device,
+    )
+    gpu = dataclasses.replace(
+        g,
+        enabled=not a.no_gpu_model,
+        rows=a.gpu_rows,
+        max_length=a.gpu_max_length,
+        runs=tuple(r for r in a.gpu_runs.split(",") if r),
+    )
+    bc = dataclasses.replace(
+        bc,
+        num_layers=a.layers,
+        trainable_layers=a.trainable_layers,
+        training=training,
+        sample_rows=a.sample_rows,
+        runs=tuple(r for r in a.runs.split(",") if r),
+        out_dir=a.out_dir,
+        warm_up=not a.no_warm_up,
+        gpu=gpu,
+    )
     return bc, not a.gpu_only
 
 

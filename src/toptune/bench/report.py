@@ -31,19 +31,24 @@ def speedups(runs: dict[str, dict]) -> dict[str, float]:
     if hf is not None:
         out["accuracy_gap_cache_vs_hf_trainer"] = abs(cache["test_accuracy"] - hf["test_accuracy"])
         if hf.get("peak_device_memory_bytes") and cache.get("peak_device_memory_cached_epochs_bytes"):
-            out["cache_epochs_peak_memory_over_hf_trainer"] = (cache["peak_device_memory_cached_epochs_bytes"]
-                                                               / hf["peak_device_memory_bytes"])
-            out["cache_peak_memory_over_hf_trainer"] = cache["peak_device_memory_bytes"] / hf["peak_device_memory_bytes"]
+            out["cache_epochs_peak_memory_over_hf_trainer"] = (
+                cache["peak_device_memory_cached_epochs_bytes"] / hf["peak_device_memory_bytes"]
+            )
+            out["cache_peak_memory_over_hf_trainer"] = (
+                cache["peak_device_memory_bytes"] / hf["peak_device_memory_bytes"]
+            )
     if "floor" in runs:
-        out["cached_epoch_over_floor_epoch"] = (statistics.median(cache["epoch_seconds"])
-                                                / statistics.median(runs["floor"]["epoch_seconds"]))
+        out["cached_epoch_over_floor_epoch"] = statistics.median(cache["epoch_seconds"]) / statistics.median(
+            runs["floor"]["epoch_seconds"]
+        )
     return out
 
 
 def parts(result: dict) -> list[tuple[str, dict]]:
     """(title, part) of each bench in ``result``: the tiny model, then the Qwen3-4B shape, each when it ran."""
     return ([("", result)] if "runs" in result else []) + (
-        [("Qwen3-4B-shaped, bf16", result["gpu_4b"])] if "gpu_4b" in result else [])
+        [("Qwen3-4B-shaped, bf16", result["gpu_4b"])] if "gpu_4b" in result else []
+    )
 
 
 def format_table(result: dict) -> str:
@@ -54,27 +59,35 @@ def format_table(result: dict) -> str:
         c = runs.get("cache", {}).get("train_seconds")
         has_mem = any("peak_device_memory_bytes" in r for r in runs.values())
         lines.append(f"bench {title} on {part['device']}".replace("  ", " "))
-        lines.append(f"{'run':<28}{'train s':>9}{'epoch s (median)':>18}{'ex/s':>9}{'test acc':>10}{'pad %':>7}{'÷cache':>8}"
-                     + (f"{'peak GiB':>10}" if has_mem else ""))
+        lines.append(
+            f"{'run':<28}{'train s':>9}{'epoch s (median)':>18}{'ex/s':>9}{'test acc':>10}{'pad %':>7}{'÷cache':>8}"
+            + (f"{'peak GiB':>10}" if has_mem else "")
+        )
         for name, r in runs.items():
             acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else "-"
             pad = f"{100 * r['padding_fraction']:.1f}" if "padding_fraction" in r else "-"
             ratio = f"{r['train_seconds'] / c:.2f}x" if c else "-"
-            line = (f"{name:<28}{r['train_seconds']:>9.2f}{statistics.median(r['epoch_seconds']):>18.2f}"
-                    f"{r['examples_per_second']:>9.0f}{acc:>10}{pad:>7}{ratio:>8}")
+            line = (
+                f"{name:<28}{r['train_seconds']:>9.2f}{statistics.median(r['epoch_seconds']):>18.2f}"
+                f"{r['examples_per_second']:>9.0f}{acc:>10}{pad:>7}{ratio:>8}"
+            )
             if has_mem:
                 mem = r.get("peak_device_memory_bytes")
-                line += f"{mem / 2 ** 30:>10.2f}" if mem else f"{'-':>10}"
+                line += f"{mem / 2**30:>10.2f}" if mem else f"{'-':>10}"
             lines.append(line)
         if "cache" in runs:
             cr = runs["cache"]
-            lines.append(f"cache: build {cr['cache_build_seconds']:.2f} s, {cr['cache_bytes'] / 2 ** 20:.1f} MiB on disk "
-                         f"({cr['cache_dtype']}); padding {100 * cr['padding_fraction_unbucketed']:.1f}% → "
-                         f"{100 * cr['padding_fraction']:.1f}% with length bucketing")
+            lines.append(
+                f"cache: build {cr['cache_build_seconds']:.2f} s, {cr['cache_bytes'] / 2**20:.1f} MiB on disk "
+                f"({cr['cache_dtype']}); padding {100 * cr['padding_fraction_unbucketed']:.1f}% → "
+                f"{100 * cr['padding_fraction']:.1f}% with length bucketing"
+            )
             if cr.get("peak_device_memory_cached_epochs_bytes"):
-                lines.append(f"cache: peak device memory {cr['peak_device_memory_build_bytes'] / 2 ** 30:.2f} GiB building, "
-                             f"{cr['peak_device_memory_cached_epochs_bytes'] / 2 ** 30:.2f} GiB in the cached epochs "
-                             f"(prefix weights {cr['prefix_weights_bytes'] / 2 ** 30:.2f} GiB off the device)")
+                lines.append(
+                    f"cache: peak device memory {cr['peak_device_memory_build_bytes'] / 2**30:.2f} GiB building, "
+                    f"{cr['peak_device_memory_cached_epochs_bytes'] / 2**30:.2f} GiB in the cached epochs "
+                    f"(prefix weights {cr['prefix_weights_bytes'] / 2**30:.2f} GiB off the device)"
+                )
         if part.get("speedups"):
             lines.append("  ".join(f"{k}={v:.3f}" for k, v in part["speedups"].items()))
         lines.append("")
@@ -91,14 +104,30 @@ def chart(result: dict, path: str | Path) -> Path:
         total = np.array([runs[n]["train_seconds"] for n in names])
         build = np.array([runs[n].get("cache_build_seconds", 0.0) for n in names])
         x = np.arange(len(names))
-        ax.bar(x, total - build, color=["#8da0cb" if n.startswith("hf") else "#66c2a5" for n in names],
-               label="training (+ validation)")
+        ax.bar(
+            x,
+            total - build,
+            color=["#8da0cb" if n.startswith("hf") else "#66c2a5" for n in names],
+            label="training (+ validation)",
+        )
         ax.bar(x, build, bottom=total - build, color="#fc8d62", label="cache build")
         for xi, n, t in zip(x, names, total, strict=True):
             acc = runs[n].get("test_accuracy")
-            ax.text(xi, t, f"{t:.1f}s" + (f"\nacc {acc:.3f}" if acc is not None else ""), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, [n.replace("hf_trainer_group_by_length", "hf_trainer\n+group_by_length") for n in names],
-                      rotation=20, ha="right", fontsize=8)
+            ax.text(
+                xi,
+                t,
+                f"{t:.1f}s" + (f"\nacc {acc:.3f}" if acc is not None else ""),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_xticks(
+            x,
+            [n.replace("hf_trainer_group_by_length", "hf_trainer\n+group_by_length") for n in names],
+            rotation=20,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_ylabel("end-to-end train seconds")
         ax.set_ylim(0, max(total) * 1.25)
         ax.set_title(f"{title} {part['device']}".strip(), fontsize=9)

@@ -77,5 +77,8 @@ class RssSampler:
 
     def as_dict(self, prefix: str = "") -> dict[str, int]:
         """``{prefix}peak_anon_rss_bytes``, ``…start…``, ``…end…``: flat, ready to log."""
-        return {f"{prefix}peak_anon_rss_bytes": self.peak_bytes, f"{prefix}start_anon_rss_bytes": self.start_bytes,
-                f"{prefix}end_anon_rss_bytes": self.end_bytes}
+        return {
+            f"{prefix}peak_anon_rss_bytes": self.peak_bytes,
+            f"{prefix}start_anon_rss_bytes": self.start_bytes,
+            f"{prefix}end_anon_rss_bytes": self.end_bytes,
+        }

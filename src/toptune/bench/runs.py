@@ -53,13 +53,16 @@ log = logging.getLogger(__name__)
 
 def _padding(setup: Setup, bc: BenchConfig) -> dict[str, float]:
     """The train batches' padding share over the bench's epochs, shuffled (live modes) or bucketed (cache)."""
-    return bucketing_padding(setup.data["train"].lengths(), bc.training.batch_size, bc.training.seed, bc.training.epochs)
+    return bucketing_padding(
+        setup.data["train"].lengths(), bc.training.batch_size, bc.training.seed, bc.training.epochs
+    )
 
 
 def _classifier(setup: Setup, bc: BenchConfig):
     set_seed(bc.training.seed)
-    return build_classifier(setup.model_cfg, setup.lora, setup.id2label, bc.training.seed, bc.training.device,
-                            tokenizer=setup.tokenizer)
+    return build_classifier(
+        setup.model_cfg, setup.lora, setup.id2label, bc.training.seed, bc.training.device, tokenizer=setup.tokenizer
+    )
 
 
 def run_toptune(setup: Setup, bc: BenchConfig, mode: PrefixMode) -> dict:
@@ -68,8 +71,14 @@ def run_toptune(setup: Setup, bc: BenchConfig, mode: PrefixMode) -> dict:
     with timed(setup.device) as t:
         result = fit(clf, setup.data, bc.train_cfg(mode))
     acc = predict(clf, setup.data["test"], bc.training.eval_batch_size).accuracy
-    return result_row(setup, bc, t, [e["epoch_seconds"] for e in result.epochs], acc,
-                      padding_fraction=_padding(setup, bc)["padding_fraction_unbucketed"])
+    return result_row(
+        setup,
+        bc,
+        t,
+        [e["epoch_seconds"] for e in result.epochs],
+        acc,
+        padding_fraction=_padding(setup, bc)["padding_fraction_unbucketed"],
+    )
 
 
 def train_val(data: dict[str, Encoded]) -> dict[str, Encoded]:
@@ -93,24 +102,40 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
         test_cache = prepare_cache(clf, {"test": setup.data["test"]}, cfg, cfg.cache_dir + "-test")
     acc = predict_cached(clf, test_cache, "test", setup.data["test"], bc.training.eval_batch_size).accuracy
     pad = _padding(setup, bc)
-    row = result_row(setup, bc, t, [e["epoch_seconds"] for e in result.epochs], acc, cache_build_seconds=build.seconds,
-                     cache_bytes=cache.bytes, cache_dtype=cache.fingerprint["dtype"], test_cache_build_seconds=test_build.seconds,
-                     prefix_weights_bytes=prefix_bytes(clf), padding_fraction=pad["padding_fraction_bucketed"],
-                     padding_fraction_unbucketed=pad["padding_fraction_unbucketed"])
+    row = result_row(
+        setup,
+        bc,
+        t,
+        [e["epoch_seconds"] for e in result.epochs],
+        acc,
+        cache_build_seconds=build.seconds,
+        cache_bytes=cache.bytes,
+        cache_dtype=cache.fingerprint["dtype"],
+        test_cache_build_seconds=test_build.seconds,
+        prefix_weights_bytes=prefix_bytes(clf),
+        padding_fraction=pad["padding_fraction_bucketed"],
+        padding_fraction_unbucketed=pad["padding_fraction_unbucketed"],
+    )
     if build.peak_device_bytes is not None:
         if epochs_peak["bytes"] is None:
-            log.warning("bench: the score head was never called as a module in the cached epochs; "
-                        "their own peak device memory is unknown")
-        row.update(peak_device_memory_bytes=max(build.peak_device_bytes, epochs.peak_device_bytes or 0),
-                   peak_device_memory_build_bytes=build.peak_device_bytes,
-                   peak_device_memory_cached_epochs_bytes=epochs_peak["bytes"])
+            log.warning(
+                "bench: the score head was never called as a module in the cached epochs; "
+                "their own peak device memory is unknown"
+            )
+        row.update(
+            peak_device_memory_bytes=max(build.peak_device_bytes, epochs.peak_device_bytes or 0),
+            peak_device_memory_build_bytes=build.peak_device_bytes,
+            peak_device_memory_cached_epochs_bytes=epochs_peak["bytes"],
+        )
     return row
 
 
 def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     """The floor: fused AdamW over the top K blocks on the same cached, bucketed batches, nothing else."""
     tc, clf = bc.training, _classifier(setup, bc)
-    cache = prepare_cache(clf, train_val(setup.data), bc.train_cfg("cache"))  # the cache run's, reused (same fingerprint)
+    cache = prepare_cache(
+        clf, train_val(setup.data), bc.train_cfg("cache")
+    )  # the cache run's, reused (same fingerprint)
     split = cache.split("train", setup.data["train"], clf.pad_token_id)
     params = trainable_parameters(clf.model)
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=0.0, fused=fused_adamw_ok(params))
@@ -119,7 +144,9 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     epochs: list[timed] = []
     with prefix_offloaded(clf):
         for epoch in range(tc.epochs):
-            batches = [split.batch(idx, dev) for idx in epoch_indices(split, tc.batch_size, True, tc.seed + epoch, True)]
+            batches = [
+                split.batch(idx, dev) for idx in epoch_indices(split, tc.batch_size, True, tc.seed + epoch, True)
+            ]
             with timed(dev) as t:
                 for b in batches:
                     with autocast(dev):
@@ -136,12 +163,14 @@ def run_floor(setup: Setup, bc: BenchConfig) -> dict:
 
 def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict[str, dict]:
     """Every run in ``runs``, in order (``floor`` needs ``cache`` before it)."""
-    fns = {"hf_trainer": lambda: run_hf_trainer(setup, bc, False),
-           "hf_trainer_group_by_length": lambda: run_hf_trainer(setup, bc, True),
-           "autograd": lambda: run_toptune(setup, bc, "autograd"),
-           "no_grad": lambda: run_toptune(setup, bc, "no_grad"),
-           "cache": lambda: run_cache(setup, bc),
-           "floor": lambda: run_floor(setup, bc)}
+    fns = {
+        "hf_trainer": lambda: run_hf_trainer(setup, bc, False),
+        "hf_trainer_group_by_length": lambda: run_hf_trainer(setup, bc, True),
+        "autograd": lambda: run_toptune(setup, bc, "autograd"),
+        "no_grad": lambda: run_toptune(setup, bc, "no_grad"),
+        "cache": lambda: run_cache(setup, bc),
+        "floor": lambda: run_floor(setup, bc),
+    }
     unknown = [r for r in runs if r not in fns]
     if unknown:
         raise ValueError(f"bench runs: unknown run {unknown[0]!r}; known: {', '.join(RUNS)}")
@@ -149,8 +178,12 @@ def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict
     for name in runs:
         log.info("bench: %s …", name)
         out[name] = r = fns[name]()
-        log.info("bench: %s %.1f s (%s)", name, r["train_seconds"],
-                 ", ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float) and k != "train_seconds"))
+        log.info(
+            "bench: %s %.1f s (%s)",
+            name,
+            r["train_seconds"],
+            ", ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float) and k != "train_seconds"),
+        )
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
     return out
@@ -159,8 +192,13 @@ def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict
 def warm_up(setup: Setup, bc: BenchConfig, runs: tuple[str, ...]) -> None:
     """Every run once on 64 examples, one epoch, unmeasured: first-call costs (lazy imports, kernel
     selection, allocator growth) then fall on no measured run, whichever runs first."""
-    small = {k: Encoded(v.ids[:n], v.input_ids[:n], v.labels[:n], 0) for (k, v), n in zip(setup.data.items(), (64, 32, 32), strict=True)}
-    wbc = dataclasses.replace(bc, training=dataclasses.replace(bc.training, epochs=1, cache_dir=bc.training.cache_dir + "-warmup"))
+    small = {
+        k: Encoded(v.ids[:n], v.input_ids[:n], v.labels[:n], 0)
+        for (k, v), n in zip(setup.data.items(), (64, 32, 32), strict=True)
+    }
+    wbc = dataclasses.replace(
+        bc, training=dataclasses.replace(bc.training, epochs=1, cache_dir=bc.training.cache_dir + "-warmup")
+    )
     level = log.level
     log.setLevel(logging.WARNING)
     try:

@@ -94,15 +94,22 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     cfg = dataclasses.replace(cfg, cache_dir=f"{cfg.cache_dir}/{shape.num_layers}l-x{multiple}")
     path = model_dir(sc, shape.num_layers)
     tok = load_tokenizer(path)
-    table = prepare_table(repeated_table(pd.read_csv(sc.data_path), sc.base_rows, multiple),
-                          DataConfig(drop_duplicates=False)).table
+    table = prepare_table(
+        repeated_table(pd.read_csv(sc.data_path), sc.base_rows, multiple), DataConfig(drop_duplicates=False)
+    ).table
     id2label = label_map(table["label"])
     data = encode_splits(split_table(table, DataConfig(), cfg.seed), tok, cfg.max_length, id2label)
     rows = len(table)
     del table
     set_seed(cfg.seed)
-    clf = build_classifier(ModelConfig(name_or_path=path, trainable_layers=shape.trainable_layers),
-                           LoraSettings(alpha=64), id2label, cfg.seed, cfg.device, tokenizer=tok)
+    clf = build_classifier(
+        ModelConfig(name_or_path=path, trainable_layers=shape.trainable_layers),
+        LoraSettings(alpha=64),
+        id2label,
+        cfg.seed,
+        cfg.device,
+        tokenizer=tok,
+    )
     shutil.rmtree(cfg.cache_dir, ignore_errors=True)
     gc.collect()
     try:
@@ -115,15 +122,26 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     finally:
         shutil.rmtree(cfg.cache_dir, ignore_errors=True)
     width = clf.model.config.hidden_size
-    return {"rows": rows, "multiple": multiple, "num_layers": shape.num_layers, "trainable_layers": shape.trainable_layers,
-            "hidden_size": width, "examples": {k: len(v) for k, v in data.items()},
-            "tokens": sum(int(v.lengths().sum()) for v in data.values()),
-            "cache_bytes": cache_bytes, "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
-            "peak_anon_rss_bytes": max(build_rss.peak_bytes, epoch_rss.peak_bytes),
-            **build_rss.as_dict("build_"), **epoch_rss.as_dict("epoch_"),
-            "build_seconds": build.seconds, "cache_build_seconds": cache_build_seconds,
-            "epoch_seconds": result.epochs[0]["epoch_seconds"], "fit_seconds": fit.seconds,
-            "machine": device_name(clf.device), "torch": torch.__version__}
+    return {
+        "rows": rows,
+        "multiple": multiple,
+        "num_layers": shape.num_layers,
+        "trainable_layers": shape.trainable_layers,
+        "hidden_size": width,
+        "examples": {k: len(v) for k, v in data.items()},
+        "tokens": sum(int(v.lengths().sum()) for v in data.values()),
+        "cache_bytes": cache_bytes,
+        "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
+        "peak_anon_rss_bytes": max(build_rss.peak_bytes, epoch_rss.peak_bytes),
+        **build_rss.as_dict("build_"),
+        **epoch_rss.as_dict("epoch_"),
+        "build_seconds": build.seconds,
+        "cache_build_seconds": cache_build_seconds,
+        "epoch_seconds": result.epochs[0]["epoch_seconds"],
+        "fit_seconds": fit.seconds,
+        "machine": device_name(clf.device),
+        "torch": torch.__version__,
+    }
 
 
 def summary(runs: list[dict]) -> dict[str, float]:
@@ -133,11 +151,15 @@ def summary(runs: list[dict]) -> dict[str, float]:
     base = [r for r in runs if r["num_layers"] == depth]
     lo, hi = min(base, key=lambda r: r["rows"]), max(base, key=lambda r: r["rows"])
     per_row = lambda r, k: r[k] / r["rows"]  # noqa: E731
-    return {"num_layers": depth, "rows_ratio": hi["rows"] / lo["rows"], "cache_bytes_ratio": hi["cache_bytes"] / lo["cache_bytes"],
-            "peak_anon_rss_ratio": hi["peak_anon_rss_bytes"] / lo["peak_anon_rss_bytes"],
-            "build_seconds_per_row_ratio": per_row(hi, "build_seconds") / per_row(lo, "build_seconds"),
-            "epoch_seconds_per_row_ratio": per_row(hi, "epoch_seconds") / per_row(lo, "epoch_seconds"),
-            "largest_cache_bytes": hi["cache_bytes"]}
+    return {
+        "num_layers": depth,
+        "rows_ratio": hi["rows"] / lo["rows"],
+        "cache_bytes_ratio": hi["cache_bytes"] / lo["cache_bytes"],
+        "peak_anon_rss_ratio": hi["peak_anon_rss_bytes"] / lo["peak_anon_rss_bytes"],
+        "build_seconds_per_row_ratio": per_row(hi, "build_seconds") / per_row(lo, "build_seconds"),
+        "epoch_seconds_per_row_ratio": per_row(hi, "epoch_seconds") / per_row(lo, "epoch_seconds"),
+        "largest_cache_bytes": hi["cache_bytes"],
+    }
 
 
 def run_point_subprocess(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
@@ -145,17 +167,23 @@ def run_point_subprocess(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="toptune-scale-") as tmp:
         out = Path(tmp) / "point.json"
         job = {"config": dataclasses.asdict(sc), "shape": dataclasses.asdict(shape), "multiple": multiple}
-        proc = subprocess.run([sys.executable, "-m", "toptune.bench.scale", "--point", json.dumps(job), "--result", str(out)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "toptune.bench.scale", "--point", json.dumps(job), "--result", str(out)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0 or not out.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"bench-scale point {shape.num_layers} blocks x{multiple} failed "
-                               f"(exit {proc.returncode}): {tail[0]}")
+            raise RuntimeError(
+                f"bench-scale point {shape.num_layers} blocks x{multiple} failed (exit {proc.returncode}): {tail[0]}"
+            )
         return json.loads(out.read_text())
 
 
 def config_from_dict(d: dict) -> ScaleConfig:
-    return ScaleConfig(**{**d, "shapes": tuple(Shape(**{**s, "multiples": tuple(s["multiples"])}) for s in d["shapes"])})
+    return ScaleConfig(
+        **{**d, "shapes": tuple(Shape(**{**s, "multiples": tuple(s["multiples"])}) for s in d["shapes"])}
+    )
 
 
 def run_scale(sc: ScaleConfig, log=print) -> dict:
@@ -165,9 +193,11 @@ def run_scale(sc: ScaleConfig, log=print) -> dict:
         ensure_tiny_qwen(model_dir(sc, shape.num_layers), TinyQwenSpec(num_layers=shape.num_layers, **sc.spec))
         for m in sorted(shape.multiples):
             r = run_point_subprocess(sc, shape, m)
-            log(f"bench-scale: {r['num_layers']} blocks, {r['rows']} rows: cache {r['cache_bytes'] / 2 ** 20:.0f} MiB, "
-                f"peak anon RSS {r['peak_anon_rss_bytes'] / 2 ** 20:.0f} MiB, build {r['build_seconds']:.1f} s, "
-                f"epoch {r['epoch_seconds']:.1f} s")
+            log(
+                f"bench-scale: {r['num_layers']} blocks, {r['rows']} rows: cache {r['cache_bytes'] / 2**20:.0f} MiB, "
+                f"peak anon RSS {r['peak_anon_rss_bytes'] / 2**20:.0f} MiB, build {r['build_seconds']:.1f} s, "
+                f"epoch {r['epoch_seconds']:.1f} s"
+            )
             runs.append(r)
     result = {"runs": runs, "summary": summary(runs), "config": dataclasses.asdict(sc), "machine": runs[0]["machine"]}
     out = Path(sc.out_dir)
@@ -178,18 +208,24 @@ def run_scale(sc: ScaleConfig, log=print) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> ScaleConfig:
     sc = ScaleConfig()
-    p = argparse.ArgumentParser(prog="python -m toptune.integrations.bench_scale",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m toptune.integrations.bench_scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-rows", type=int, default=sc.base_rows, help="rows at 1x (first N of the bundled table)")
     p.add_argument("--multiples", default=",".join(map(str, sc.shapes[0].multiples)), help="of the 12-block model")
-    p.add_argument("--deep-multiples", default=",".join(map(str, sc.shapes[1].multiples)),
-                   help="of the 28-block model (empty: skip it)")
+    p.add_argument(
+        "--deep-multiples",
+        default=",".join(map(str, sc.shapes[1].multiples)),
+        help="of the 28-block model (empty: skip it)",
+    )
     p.add_argument("--out-dir", default=sc.out_dir)
     a = p.parse_args(argv)
     ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
-    shapes = (dataclasses.replace(sc.shapes[0], multiples=ints(a.multiples)),
-              dataclasses.replace(sc.shapes[1], multiples=ints(a.deep_multiples)))
-    return dataclasses.replace(sc, base_rows=a.base_rows, shapes=tuple(s for s in shapes if s.multiples), out_dir=a.out_dir)
+    shapes = (
+        dataclasses.replace(sc.shapes[0], multiples=ints(a.multiples)),
+        dataclasses.replace(sc.shapes[1], multiples=ints(a.deep_multiples)),
+    )
+    return dataclasses.replace(
+        sc, base_rows=a.base_rows, shapes=tuple(s for s in shapes if s.multiples), out_dir=a.out_dir
+    )
 
 
 def main(argv: list[str] | None = None, sc: ScaleConfig | None = None) -> dict:

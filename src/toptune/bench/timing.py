@@ -64,12 +64,16 @@ def peak_from_first_call(module: nn.Module, device: torch.device):
             handle.remove()
 
 
-def result_row(setup: Setup, bc: BenchConfig, t: timed, epoch_seconds: list[float], test_accuracy: float | None,
-               **extra) -> dict:
+def result_row(
+    setup: Setup, bc: BenchConfig, t: timed, epoch_seconds: list[float], test_accuracy: float | None, **extra
+) -> dict:
     """One run's figures: ``train_seconds`` and peak device memory from ``t``, examples/s over every epoch."""
     n = len(setup.data["train"])
-    row = {"train_seconds": t.seconds, "epoch_seconds": epoch_seconds,
-           "examples_per_second": n * bc.training.epochs / t.seconds if t.seconds > 0 else None}
+    row = {
+        "train_seconds": t.seconds,
+        "epoch_seconds": epoch_seconds,
+        "examples_per_second": n * bc.training.epochs / t.seconds if t.seconds > 0 else None,
+    }
     if test_accuracy is not None:
         row["test_accuracy"] = test_accuracy
     if t.peak_device_bytes is not None:

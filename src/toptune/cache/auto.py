@@ -117,8 +117,9 @@ def read_rate(directory: Path, nbytes: int = PROBE_BYTES) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def choose_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path | None = None,
-                       free_bytes=disk_free) -> PrefixModeChoice:
+def choose_prefix_mode(
+    clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path | None = None, free_bytes=disk_free
+) -> PrefixModeChoice:
     """Measure both rates and apply the three rules (see the module docstring); logs the choice."""
     directory = Path(path or cfg.cache_dir)
     rb = row_bytes(clf, cfg)
@@ -131,7 +132,10 @@ def choose_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig, path:
     if cfg.epochs <= 1:
         mode, why = "no_grad", f"1 epoch: a cache would be computed once and read once ({rates})"
     elif need > free:
-        mode, why = "no_grad", f"the cache needs {human_bytes(need)}, {directory} has {human_bytes(free)} free ({rates})"
+        mode, why = (
+            "no_grad",
+            f"the cache needs {human_bytes(need)}, {directory} has {human_bytes(free)} free ({rates})",
+        )
     elif read <= compute:
         mode, why = "no_grad", f"recomputing is faster than reading: {rates}"
     else:
@@ -140,8 +144,9 @@ def choose_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig, path:
     return PrefixModeChoice(mode, why, compute, read, need, free)
 
 
-def resolve_prefix_mode(clf, data: dict[str, Encoded], cfg: TrainingConfig,
-                        path: str | Path | None = None) -> tuple[TrainingConfig, PrefixModeChoice | None]:
+def resolve_prefix_mode(
+    clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path | None = None
+) -> tuple[TrainingConfig, PrefixModeChoice | None]:
     """``cfg`` with ``prefix_mode: auto`` resolved (and the choice); any other mode as given (and None).
     Under torchrun rank 0 measures and decides, and every process takes its choice (processes that
     measured for themselves could choose differently, and would then walk different batches)."""

@@ -70,9 +70,15 @@ class CachedSplit:
         else:
             for s in used:
                 sel = torch.from_numpy(np.flatnonzero(shard == s))
-                hidden.index_copy_(0, sel, self.shards[s].index_select(0, rows[sel].view(-1)).view(len(sel), width, dim))
-        return {"hidden": hidden, "attention_mask": torch.from_numpy(real.astype(np.int64)),
-                "pooled": torch.from_numpy(self.pooled[idx]), "labels": torch.from_numpy(self.labels[idx])}
+                hidden.index_copy_(
+                    0, sel, self.shards[s].index_select(0, rows[sel].view(-1)).view(len(sel), width, dim)
+                )
+        return {
+            "hidden": hidden,
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+            "pooled": torch.from_numpy(self.pooled[idx]),
+            "labels": torch.from_numpy(self.labels[idx]),
+        }
 
     def to_device(self, b: Batch, device: torch.device) -> Batch:
         """``b`` on ``device`` (``non_blocking``: from pinned memory the copy overlaps compute), states in ``dtype``."""
@@ -96,8 +102,13 @@ def bucketed_indices(lengths: np.ndarray, batch_size: int, seed: int, window: in
     n = len(lengths)
     perm = rng.permutation(n)
     span = n if window <= 0 else window * batch_size
-    order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in
-                            (perm[i : i + span] for i in range(0, n, span))]) if n else perm
+    order = (
+        np.concatenate(
+            [c[np.argsort(lengths[c], kind="stable")] for c in (perm[i : i + span] for i in range(0, n, span))]
+        )
+        if n
+        else perm
+    )
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     rng.shuffle(out)
     return out
@@ -116,11 +127,14 @@ def padding_fraction(lengths: np.ndarray, batches: Iterable[np.ndarray]) -> floa
 def bucketing_padding(lengths: np.ndarray, batch_size: int, seed: int, epochs: int = 1) -> dict[str, float]:
     """Padding share of the train batches without and with length bucketing, averaged over the
     first ``epochs`` epochs (epoch ``e`` shuffles with seed ``seed + e``, as training does)."""
+
     def mean(batches_of) -> float:
         return float(np.mean([padding_fraction(lengths, batches_of(seed + e)) for e in range(epochs)]))
 
-    return {"padding_fraction_unbucketed": mean(lambda s: batch_indices(len(lengths), batch_size, True, s)),
-            "padding_fraction_bucketed": mean(lambda s: bucketed_indices(lengths, batch_size, s, BUCKET_WINDOW))}
+    return {
+        "padding_fraction_unbucketed": mean(lambda s: batch_indices(len(lengths), batch_size, True, s)),
+        "padding_fraction_bucketed": mean(lambda s: bucketed_indices(lengths, batch_size, s, BUCKET_WINDOW)),
+    }
 
 
 def epoch_indices(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool) -> list[np.ndarray]:
@@ -140,8 +154,12 @@ def _use_gpu(gpu: int | None) -> None:
         torch.cuda.set_device(gpu)
 
 
-def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
-               depth: int = PREFETCH_BATCHES, device: torch.device | None = None) -> Iterator[Batch]:
+def prefetched(
+    make: Callable[[np.ndarray], Batch],
+    items: Iterable[np.ndarray],
+    depth: int = PREFETCH_BATCHES,
+    device: torch.device | None = None,
+) -> Iterator[Batch]:
     """``make(item)`` for each item, in order, computed by one background thread up to ``depth`` items
     ahead (``depth`` 0: in the caller's thread, when it is asked for).
 
@@ -154,8 +172,11 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
         yield from (make(item) for item in items)
         return
     # Resolved here, in the caller's thread: a bare ``cuda`` means the caller's current GPU.
-    gpu = (device.index if device.index is not None else torch.cuda.current_device()) \
-        if device is not None and device.type == "cuda" else None
+    gpu = (
+        (device.index if device.index is not None else torch.cuda.current_device())
+        if device is not None and device.type == "cuda"
+        else None
+    )
     ahead: deque[Future] = deque()
     with ThreadPoolExecutor(1, PREFETCH_THREAD, _use_gpu, (gpu,)) as pool:
         try:
@@ -170,8 +191,15 @@ def prefetched(make: Callable[[np.ndarray], Batch], items: Iterable[np.ndarray],
                 future.cancel()
 
 
-def cached_batches(split: CachedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool,
-                   device: torch.device, depth: int | None = None) -> Batches:
+def cached_batches(
+    split: CachedSplit,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    bucket: bool,
+    device: torch.device,
+    depth: int | None = None,
+) -> Batches:
     """Batches re-padded from the cache, reshuffled per epoch with seed ``seed + epoch``: indices first
     (under torchrun each process takes its share of them), gathered and moved to ``device`` as they
     are used.

@@ -49,6 +49,7 @@ from toptune.train import distributed
 
 log = logging.getLogger(__name__)
 
+
 def disk_free(directory: Path) -> int:
     """Bytes free for an unprivileged writer on the file system holding ``directory``."""
     return shutil.disk_usage(directory).free
@@ -71,9 +72,18 @@ class BuildReport:
     """Bytes the missing shards take."""
 
 
-def build_shards(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path, fp: dict,
-                 plan: list[ShardJob], rank: int = 0, world: int = 1, progress: bool = False,
-                 free_bytes: Callable[[Path], int] = disk_free) -> BuildReport:
+def build_shards(
+    clf,
+    data: dict[str, Encoded],
+    cfg: TrainingConfig,
+    path: str | Path,
+    fp: dict,
+    plan: list[ShardJob],
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = False,
+    free_bytes: Callable[[Path], int] = disk_free,
+) -> BuildReport:
     """Build the jobs ``{i : i % world == rank}`` of ``plan`` into ``path`` (resuming complete ones);
     refuse with :class:`CacheDiskFull` when the disk cannot hold what is missing. Writes no manifest:
     that is :func:`finish_cache`'s step, once every process is done."""
@@ -83,30 +93,52 @@ def build_shards(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str |
     key, dtype, rb = fingerprint_key(fp), storage_dtype(cfg, clf.model), row_bytes(clf, cfg)
     removed = remove_leftovers(directory, key, plan)
     if removed:
-        log.info("prefix cache at %s: removed %d file(s) no build can use (%s)", directory, len(removed),
-                 ", ".join(removed[:3]) + (", …" if len(removed) > 3 else ""))
+        log.info(
+            "prefix cache at %s: removed %d file(s) no build can use (%s)",
+            directory,
+            len(removed),
+            ", ".join(removed[:3]) + (", …" if len(removed) > 3 else ""),
+        )
     mine = {job.name for job in jobs_of_rank(plan, rank, world)}
     complete = {j.name for j in plan if read_receipt(directory, j, key, verify=j.name in mine) is not None}
     total = sum(shard_bytes_of(j, rb) for j in plan)
     needed = sum(shard_bytes_of(j, rb) for j in plan if j.name not in complete)
     tokens = sum(j.tokens for j in plan)
     free = free_bytes(directory)
-    log.info("prefix cache at %s: %d tokens × %d bytes (D=%d, %s) = %s in %d shards; %s to write, %s free",
-             directory, tokens, rb, rb // dtype.itemsize, str(dtype).removeprefix("torch."), human_bytes(total),
-             len(plan), human_bytes(needed), human_bytes(free))
+    log.info(
+        "prefix cache at %s: %d tokens × %d bytes (D=%d, %s) = %s in %d shards; %s to write, %s free",
+        directory,
+        tokens,
+        rb,
+        rb // dtype.itemsize,
+        str(dtype).removeprefix("torch."),
+        human_bytes(total),
+        len(plan),
+        human_bytes(needed),
+        human_bytes(free),
+    )
     if needed > free:
-        raise CacheDiskFull(f"prefix cache at {directory} needs {needed} bytes ({human_bytes(needed)}) more, "
-                            f"the disk has {free} bytes ({human_bytes(free)}) free")
+        raise CacheDiskFull(
+            f"prefix cache at {directory} needs {needed} bytes ({human_bytes(needed)}) more, "
+            f"the disk has {free} bytes ({human_bytes(free)}) free"
+        )
     todo = [j for j in plan if j.name in mine and j.name not in complete]
     report = BuildReport(0, len(mine & complete), needed)
     if report.resumed:
-        log.info("prefix cache at %s: resuming, %d of %d shard(s) already complete", directory, report.resumed, len(mine))
+        log.info(
+            "prefix cache at %s: resuming, %d of %d shard(s) already complete", directory, report.resumed, len(mine)
+        )
     batch_tokens = BUILD_BATCH_TOKENS.get(clf.device.type, 8192)
     was_training = clf.model.training
     clf.model.eval()  # deterministic prefix: no dropout anywhere
     try:
-        with tqdm(total=sum(len(j.examples) for j in todo), desc="prefix cache", unit="ex", disable=not progress,
-                  mininterval=1.0) as bar:
+        with tqdm(
+            total=sum(len(j.examples) for j in todo),
+            desc="prefix cache",
+            unit="ex",
+            disable=not progress,
+            mininterval=1.0,
+        ) as bar:
             for job in todo:
                 bar.set_postfix(shard=job.name)
                 build_shard(clf, data[job.split], job, directory, dtype, key, batch_tokens, bar.update)
@@ -116,19 +148,31 @@ def build_shards(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str |
     return report
 
 
-def finish_cache(clf, cfg: TrainingConfig, path: str | Path, fp: dict, plan: list[ShardJob],
-                 build_seconds: float) -> dict:
+def finish_cache(
+    clf, cfg: TrainingConfig, path: str | Path, fp: dict, plan: list[ShardJob], build_seconds: float
+) -> dict:
     """Write the manifest (once every shard of ``plan`` is complete); returns it."""
-    meta = {"dtype": str(storage_dtype(cfg, clf.model)).removeprefix("torch."),
-            "compute_dtype": str(weights_dtype(clf.model)).removeprefix("torch."),
-            "hidden_size": backbone(clf.model).config.hidden_size, "build_seconds": build_seconds,
-            "built_at": time.time()}
+    meta = {
+        "dtype": str(storage_dtype(cfg, clf.model)).removeprefix("torch."),
+        "compute_dtype": str(weights_dtype(clf.model)).removeprefix("torch."),
+        "hidden_size": backbone(clf.model).config.hidden_size,
+        "build_seconds": build_seconds,
+        "built_at": time.time(),
+    }
     return write_manifest(Path(path), fp, plan, meta)
 
 
-def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path, fp: dict | None = None,
-                progress: bool = True, reason: str = "no cache", shard_bytes: int = SHARD_BYTES,
-                free_bytes: Callable[[Path], int] = disk_free) -> PrefixCache:
+def build_cache(
+    clf,
+    data: dict[str, Encoded],
+    cfg: TrainingConfig,
+    path: str | Path,
+    fp: dict | None = None,
+    progress: bool = True,
+    reason: str = "no cache",
+    shard_bytes: int = SHARD_BYTES,
+    free_bytes: Callable[[Path], int] = disk_free,
+) -> PrefixCache:
     """Build (or finish) the cache at ``path``: every shard job, then the manifest.
 
     Under torchrun every process builds its share of the jobs (``i % world == rank``) into the one
@@ -139,8 +183,18 @@ def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | 
     t0 = time.perf_counter()
     fp = fp or fingerprint(clf, data, cfg)
     plan = plan_shards(data, row_bytes(clf, cfg), shard_bytes)
-    report = build_shards(clf, data, cfg, path, fp, plan, distributed.rank(), distributed.world(),
-                          progress=progress and distributed.is_main(), free_bytes=free_bytes)
+    report = build_shards(
+        clf,
+        data,
+        cfg,
+        path,
+        fp,
+        plan,
+        distributed.rank(),
+        distributed.world(),
+        progress=progress and distributed.is_main(),
+        free_bytes=free_bytes,
+    )
     distributed.barrier()
     seconds = time.perf_counter() - t0
     if distributed.is_main():
@@ -160,8 +214,15 @@ def build_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | 
         distributed.in_turn(complete_here)
     cache = load_cache(path, fp, verify=False)  # each shard was hashed as written or checked on resume
     cache.status, cache.build_seconds, cache.reason, cache.resumed_shards = "built", seconds, reason, report.resumed
-    log.info("prefix cache built at %s in %.1f s: %d shard(s) written here, %d resumed, %s on disk (%s)", cache.path,
-             seconds, report.built, report.resumed, human_bytes(cache.bytes), cache.manifest["dtype"])
+    log.info(
+        "prefix cache built at %s in %.1f s: %d shard(s) written here, %d resumed, %s on disk (%s)",
+        cache.path,
+        seconds,
+        report.built,
+        report.resumed,
+        human_bytes(cache.bytes),
+        cache.manifest["dtype"],
+    )
     return cache
 
 
@@ -186,8 +247,14 @@ def _unusable(path: Path, fp: dict, data: dict[str, Encoded], verify: bool) -> s
     return None
 
 
-def prepare_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str | Path | None = None,
-                  progress: bool | None = None, rebuild: bool = False) -> PrefixCache:
+def prepare_cache(
+    clf,
+    data: dict[str, Encoded],
+    cfg: TrainingConfig,
+    path: str | Path | None = None,
+    progress: bool | None = None,
+    rebuild: bool = False,
+) -> PrefixCache:
     """Reuse the cache at ``path`` (default ``training.cache_dir``) when it is complete and valid for
     this model, split, tokenizer, max_length, dtype and data; otherwise say why and build it
     (resuming the complete shards of an interrupted build of the same fingerprint). Under torchrun
@@ -198,14 +265,19 @@ def prepare_cache(clf, data: dict[str, Encoded], cfg: TrainingConfig, path: str 
     fp = fingerprint(clf, data, cfg)
     dropout = float(getattr(backbone(clf.model).config, "attention_dropout", 0.0) or 0.0)
     if dropout > 0 and distributed.is_main():
-        log.warning("the model's attention_dropout is %s: the prefix is cached in eval mode (no dropout), "
-                    "the live no_grad prefix would apply it", dropout)
+        log.warning(
+            "the model's attention_dropout is %s: the prefix is cached in eval mode (no dropout), "
+            "the live no_grad prefix would apply it",
+            dropout,
+        )
     if rebuild:
         if distributed.is_main():
             remove_cache(path)
         distributed.barrier()
         return build_cache(clf, data, cfg, path, fp, progress, reason="rebuild requested")
-    reason = next((r for r in distributed.all_gather(_unusable(path, fp, data, verify=distributed.is_main())) if r), None)
+    reason = next(
+        (r for r in distributed.all_gather(_unusable(path, fp, data, verify=distributed.is_main())) if r), None
+    )
     if reason is not None:
         if reason.startswith("no cache at"):
             log.info("no prefix cache at %s yet; building it", path)

@@ -25,8 +25,18 @@ CACHE_FORMAT = 2
 cache of another version is rebuilt."""
 
 # Config keys that do not change the prefix's output (labels only name the score head's rows).
-_CONFIG_KEYS_IGNORED = {"id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "name_or_path",
-                        "transformers_version", "architectures", "torch_dtype", "dtype"}
+_CONFIG_KEYS_IGNORED = {
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "_name_or_path",
+    "name_or_path",
+    "transformers_version",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+}
 
 
 _DEVICE_CHUNK = 1 << 26
@@ -96,7 +106,9 @@ def tokenizer_hash(tokenizer) -> str:
     else:
         h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     h.update(json.dumps(sorted(tokenizer.get_added_vocab().items())).encode())
-    h.update(f"{type(tokenizer).__name__}|n={len(tokenizer)}|pad={tokenizer.pad_token_id}|side={tokenizer.padding_side}".encode())
+    h.update(
+        f"{type(tokenizer).__name__}|n={len(tokenizer)}|pad={tokenizer.pad_token_id}|side={tokenizer.padding_side}".encode()
+    )
     return h.hexdigest()
 
 

@@ -72,8 +72,14 @@ def prefix_offloaded(clf):
         torch.cuda.synchronize(clf.device)
 
 
-def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: PrefixCache | None = None,
-               cache_dir: str | Path | None = None, checkpoints: Checkpoints | None = None) -> TrainResult:
+def fit_cached(
+    clf,
+    data: dict[str, Encoded],
+    cfg: TrainingConfig,
+    cache: PrefixCache | None = None,
+    cache_dir: str | Path | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> TrainResult:
     """Train on ``data['train']`` from the prefix cache (built or reused first), validating on the
     cached ``data['val']`` each epoch; same loop, optimiser and schedule as the live modes.
 
@@ -89,19 +95,29 @@ def fit_cached(clf, data: dict[str, Encoded], cfg: TrainingConfig, cache: Prefix
         val_b = cached_batches(val_split, cfg.eval_batch_size, False, 0, cfg.bucket_by_length, clf.device)
     if cfg.bucket_by_length:
         pad = bucketing_padding(train_split.lengths, cfg.batch_size, cfg.seed)
-        log.info("length bucketing: padding %.1f%% → %.1f%% of the train batches' positions",
-                 100 * pad["padding_fraction_unbucketed"], 100 * pad["padding_fraction_bucketed"])
+        log.info(
+            "length bucketing: padding %.1f%% → %.1f%% of the train batches' positions",
+            100 * pad["padding_fraction_unbucketed"],
+            100 * pad["padding_fraction_bucketed"],
+        )
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(clf.model, train_b, cached_logits(clf.model, clf.first_trainable_block), cfg, clf.device, val_b, checkpoints)
+        return train(
+            clf.model, train_b, cached_logits(clf.model, clf.first_trainable_block), cfg, clf.device, val_b, checkpoints
+        )
 
 
-def predict_cached(clf, cache: PrefixCache, name: str, enc: Encoded, batch_size: int,
-                   bucket: bool = True) -> EvalResult:
+def predict_cached(
+    clf, cache: PrefixCache, name: str, enc: Encoded, batch_size: int, bucket: bool = True
+) -> EvalResult:
     """Logits of every example of split ``name`` from the cache, in the split's order (under torchrun the
     processes split the batches and every one gets all the logits)."""
     split = cache.split(name, enc)
     with prefix_offloaded(clf):
-        return eval_split(clf.model, cached_batches(split, batch_size, False, 0, bucket, clf.device),
-                          cached_logits(clf.model, clf.first_trainable_block), clf.device)
+        return eval_split(
+            clf.model,
+            cached_batches(split, batch_size, False, 0, bucket, clf.device),
+            cached_logits(clf.model, clf.first_trainable_block),
+            clf.device,
+        )

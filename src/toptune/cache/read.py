@@ -34,7 +34,9 @@ def map_hidden(directory: Path, shard: dict, dtype: torch.dtype, hidden_size: in
         t = torch.from_numpy(raw)
     t = t.view(dtype).view(-1, hidden_size)
     if t.shape[0] != shard["tokens"] + 1:
-        raise CacheInvalid(f"shard {shard['hidden']['file']} holds {t.shape[0]} rows, manifest says {shard['tokens'] + 1}")
+        raise CacheInvalid(
+            f"shard {shard['hidden']['file']} holds {t.shape[0]} rows, manifest says {shard['tokens'] + 1}"
+        )
     return t
 
 
@@ -103,17 +105,32 @@ class PrefixCache:
             offsets[ex] = row + np.concatenate([[0], np.cumsum(index[:-1, 1])])
             lengths[ex], pooled[ex] = index[:, 1], index[:, 2]
             row += shard["tokens"] + 1
-        return CachedSplit(shards, np.asarray(starts, dtype=np.int64), offsets, lengths, pooled,
-                           np.asarray(enc.labels, dtype=np.int64), self.compute_dtype)
+        return CachedSplit(
+            shards,
+            np.asarray(starts, dtype=np.int64),
+            offsets,
+            lengths,
+            pooled,
+            np.asarray(enc.labels, dtype=np.int64),
+            self.compute_dtype,
+        )
 
     def summary(self) -> dict:
         """Flat facts for logging: path, status, bytes, build seconds, examples and tokens, fingerprint."""
         splits = self.manifest["splits"]
-        return {"path": str(self.path), "status": self.status, "reason": self.reason, "bytes": self.bytes,
-                "build_seconds": self.build_seconds, "resumed_shards": self.resumed_shards,
-                "shards": sum(len(s["shards"]) for s in splits.values()), "dtype": self.manifest["dtype"],
-                "examples": {k: v["examples"] for k, v in splits.items()},
-                "tokens": {k: v["tokens"] for k, v in splits.items()}, "fingerprint": self.fingerprint}
+        return {
+            "path": str(self.path),
+            "status": self.status,
+            "reason": self.reason,
+            "bytes": self.bytes,
+            "build_seconds": self.build_seconds,
+            "resumed_shards": self.resumed_shards,
+            "shards": sum(len(s["shards"]) for s in splits.values()),
+            "dtype": self.manifest["dtype"],
+            "examples": {k: v["examples"] for k, v in splits.items()},
+            "tokens": {k: v["tokens"] for k, v in splits.items()},
+            "fingerprint": self.fingerprint,
+        }
 
 
 def load_cache(path: str | Path, fp: dict, verify: bool = True) -> PrefixCache:
@@ -123,5 +140,6 @@ def load_cache(path: str | Path, fp: dict, verify: bool = True) -> PrefixCache:
     path = Path(path)
     manifest = read_manifest(path, fp)
     check_shards(path, manifest, verify)
-    return PrefixCache(path, manifest["fingerprint"], manifest,
-                       manifest["shard_bytes"] + (path / MANIFEST).stat().st_size, "reused")
+    return PrefixCache(
+        path, manifest["fingerprint"], manifest, manifest["shard_bytes"] + (path / MANIFEST).stat().st_size, "reused"
+    )

@@ -79,8 +79,16 @@ def real_rows(lengths: np.ndarray, width: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def build_shard(clf, enc: Encoded, job: ShardJob, directory: Path, dtype: torch.dtype, fp_key: str,
-                batch_tokens: int, on_batch: Callable[[int], None] | None = None) -> dict:
+def build_shard(
+    clf,
+    enc: Encoded,
+    job: ShardJob,
+    directory: Path,
+    dtype: torch.dtype,
+    fp_key: str,
+    batch_tokens: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
     """Compute and write one shard (rows, padding row, index, then its receipt); returns the receipt."""
     lengths = enc.lengths()[job.examples]  # (n,) longest first
     index = np.stack([job.examples, lengths, np.zeros_like(lengths)], axis=1)  # (n, 3): example, length, pooled

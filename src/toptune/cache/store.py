@@ -76,8 +76,15 @@ def check_file(directory: Path, file: str, entry: dict, verify: bool) -> None:
 
 
 def write_receipt(directory: Path, job: ShardJob, fp_key: str, files: dict[str, dict]) -> dict:
-    receipt = {"fingerprint": fp_key, "job": job.signature(), "split": job.split, "index": job.index,
-               "examples": len(job.examples), "tokens": job.tokens, "files": files}
+    receipt = {
+        "fingerprint": fp_key,
+        "job": job.signature(),
+        "split": job.split,
+        "index": job.index,
+        "examples": len(job.examples),
+        "tokens": job.tokens,
+        "files": files,
+    }
     write_atomic(directory / files_of(job, fp_key)["receipt"], json.dumps(receipt).encode())
     return receipt
 
@@ -145,11 +152,23 @@ def write_manifest(directory: Path, fp: dict, plan: list[ShardJob], meta: dict) 
         sp = splits.setdefault(job.split, {"examples": 0, "tokens": 0, "shards": []})
         sp["examples"] += len(job.examples)
         sp["tokens"] += job.tokens
-        sp["shards"].append({"name": job.name, "examples": len(job.examples), "tokens": job.tokens,
-                             **{kind: {"file": files_of(job, key)[kind], **receipt["files"][kind]} for kind in ("hidden", "index")}})
+        sp["shards"].append(
+            {
+                "name": job.name,
+                "examples": len(job.examples),
+                "tokens": job.tokens,
+                **{kind: {"file": files_of(job, key)[kind], **receipt["files"][kind]} for kind in ("hidden", "index")},
+            }
+        )
     shard_bytes = sum(s[k]["bytes"] for sp in splits.values() for s in sp["shards"] for k in ("hidden", "index"))
-    manifest = {"format": CACHE_FORMAT, "fingerprint": fp, **meta, "byteorder": sys.byteorder,
-                "splits": splits, "shard_bytes": shard_bytes}
+    manifest = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fp,
+        **meta,
+        "byteorder": sys.byteorder,
+        "splits": splits,
+        "shard_bytes": shard_bytes,
+    }
     write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
@@ -159,8 +178,11 @@ def read_manifest(directory: Path, fp: dict) -> dict:
     saying why (no cache, incomplete build, unreadable, other format, stale field(s))."""
     file = directory / MANIFEST
     if not file.is_file():
-        raise CacheInvalid(f"{directory} has no {MANIFEST} (incomplete build)" if cache_files(directory)
-                           else f"no cache at {directory}")
+        raise CacheInvalid(
+            f"{directory} has no {MANIFEST} (incomplete build)"
+            if cache_files(directory)
+            else f"no cache at {directory}"
+        )
     try:
         manifest = json.loads(file.read_text())
         stored_fp, _ = manifest["fingerprint"], manifest["splits"]

@@ -10,7 +10,9 @@ from toptune.data.tokens import Encoded
 
 
 def collate(input_ids: list[list[int]], labels: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch. Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
+    """Right-pad to the longest example of the batch.
+
+    Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
     rows = [torch.tensor(x, dtype=torch.long) for x in input_ids]
     ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, T)
     mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)  # (B, T): 1 on real tokens

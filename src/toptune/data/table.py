@@ -42,9 +42,13 @@ def check_columns(columns: list[str], cfg: DataConfig, need_label: bool = True) 
     have = ", ".join(map(str, columns))
     for col in template_columns(cfg.text_template):
         if col not in columns:
-            raise DataValidationError(f"data.text_template uses column '{col}', which the table lacks (columns: {have})")
+            raise DataValidationError(
+                f"data.text_template uses column '{col}', which the table lacks (columns: {have})"
+            )
     if need_label and cfg.label_column not in columns:
-        raise DataValidationError(f"data.label_column='{cfg.label_column}': the table has no such column (columns: {have})")
+        raise DataValidationError(
+            f"data.label_column='{cfg.label_column}': the table has no such column (columns: {have})"
+        )
 
 
 def to_frame(table) -> pd.DataFrame:
@@ -56,7 +60,9 @@ def to_frame(table) -> pd.DataFrame:
         return table.to_pandas()
     if hasattr(table, "values") and all(hasattr(v, "to_pandas") for v in table.values()):
         return pd.concat([v.to_pandas() for v in table.values()], ignore_index=True)
-    raise DataValidationError(f"raw_data loaded a {type(table).__name__}; expected a table (pandas or Hugging Face dataset)")
+    raise DataValidationError(
+        f"raw_data loaded a {type(table).__name__}; expected a table (pandas or Hugging Face dataset)"
+    )
 
 
 def _is_blank(v: object) -> bool:
@@ -97,7 +103,8 @@ def check_text_columns(df: pd.DataFrame, cfg: DataConfig) -> None:
         if len(values) and not values.map(lambda v: isinstance(v, str)).any() and not values.map(_is_blank).all():
             raise DataValidationError(
                 f"column '{col}' of data.text_template holds no text ({values.dtype} values): every row would be "
-                f"dropped as non_string; read it as text in the catalog entry (load_args: {{dtype: {{{col}: str}}}})")
+                f"dropped as non_string; read it as text in the catalog entry (load_args: {{dtype: {{{col}: str}}}})"
+            )
 
 
 def check_split_sizes(class_counts: dict[str, int], cfg: DataConfig) -> None:
@@ -111,10 +118,13 @@ def check_split_sizes(class_counts: dict[str, int], cfg: DataConfig) -> None:
         if got < k:
             raise DataValidationError(
                 f"data.{name}={getattr(cfg, name)} of {n} valid rows gives {got} {name[:-9]} rows for {k} classes "
-                f"(a stratified split needs a row of each): raise data.{name} to >= {k / n:.3g} or add rows")
+                f"(a stratified split needs a row of each): raise data.{name} to >= {k / n:.3g} or add rows"
+            )
     if rest - n_val < k:
         raise DataValidationError(
-            f"data.val_fraction + data.test_fraction leave {rest - n_val} of {n} rows to train for {k} classes: lower them")
+            f"data.val_fraction + data.test_fraction leave {rest - n_val} of {n} rows to train for {k} classes: "
+            "lower them"
+        )
 
 
 def render_texts(df: pd.DataFrame, template: str) -> list[str]:
@@ -157,8 +167,13 @@ def prepare_table(raw: pd.DataFrame, cfg: DataConfig) -> PreparedTable:
         quality[f"dropped_{kind}"] = int(reasons.str.startswith(kind).sum())
     ok = raw[reasons == ""]
     ids = ok[cfg.id_column].astype(str) if cfg.id_column and cfg.id_column in ok.columns else ok.index.astype(str)
-    table = pd.DataFrame({"id": ids.to_numpy(), "text": render_texts(ok, cfg.text_template),
-                          "label": ok[cfg.label_column].map(label_text).to_numpy()})
+    table = pd.DataFrame(
+        {
+            "id": ids.to_numpy(),
+            "text": render_texts(ok, cfg.text_template),
+            "label": ok[cfg.label_column].map(label_text).to_numpy(),
+        }
+    )
     dup = table.duplicated(subset=["text", "label"]) if cfg.drop_duplicates else pd.Series(False, index=table.index)
     quality["dropped_duplicates"] = int(dup.sum())
     table = table[~dup]
@@ -171,10 +186,13 @@ def prepare_table(raw: pd.DataFrame, cfg: DataConfig) -> PreparedTable:
     if table["label"].nunique() < 2:
         raise DataValidationError(
             f"data.label_column='{cfg.label_column}': fewer than 2 classes have >= {cfg.min_class_rows} "
-            f"valid rows (data.min_class_rows); class counts: {counts.to_dict()}")
+            f"valid rows (data.min_class_rows); class counts: {counts.to_dict()}"
+        )
     before_cap = len(table)
     if cfg.sample_rows:
-        table = table.groupby("label", group_keys=False).head(max(cfg.min_class_rows, cfg.sample_rows // table["label"].nunique()))
+        table = table.groupby("label", group_keys=False).head(
+            max(cfg.min_class_rows, cfg.sample_rows // table["label"].nunique())
+        )
     quality["dropped_sample_rows"] = before_cap - len(table)
     quality["rows_valid"] = len(table)
     keep = [c for c in dict.fromkeys([cfg.id_column, *template_columns(cfg.text_template)]) if c and c in ok.columns]
@@ -192,4 +210,8 @@ def split_table(table: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd
     rest, test = train_test_split(table, test_size=cfg.test_fraction, stratify=table["label"], random_state=seed)
     val_share = cfg.val_fraction / (1 - cfg.test_fraction)
     train, val = train_test_split(rest, test_size=val_share, stratify=rest["label"], random_state=seed)
-    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test.reset_index(drop=True)}
+    return {
+        "train": train.reset_index(drop=True),
+        "val": val.reset_index(drop=True),
+        "test": test.reset_index(drop=True),
+    }

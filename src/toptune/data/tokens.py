@@ -52,8 +52,9 @@ def token_digest(data: dict[str, Encoded], labels: bool = False) -> str:
     return h.hexdigest()
 
 
-def encode(texts: list[str], tokenizer, max_length: int, labels: list[int] | None = None,
-           ids: list[str] | None = None) -> Encoded:
+def encode(
+    texts: list[str], tokenizer, max_length: int, labels: list[int] | None = None, ids: list[str] | None = None
+) -> Encoded:
     """Tokenise once (no special tokens added: Qwen adds none for classification) with truncation."""
     full = tokenizer(texts, add_special_tokens=False)["input_ids"]
     truncated = sum(len(x) > max_length for x in full)
@@ -68,9 +69,12 @@ def encode(texts: list[str], tokenizer, max_length: int, labels: list[int] | Non
     )
 
 
-def encode_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int,
-                  id2label: dict[int, str]) -> dict[str, Encoded]:
+def encode_splits(
+    splits: dict[str, pd.DataFrame], tokenizer, max_length: int, id2label: dict[int, str]
+) -> dict[str, Encoded]:
     """Tokenise every split once; labels become class indices."""
     label2id = {v: k for k, v in id2label.items()}
-    return {name: encode(df["text"].tolist(), tokenizer, max_length, [label2id[x] for x in df["label"]], df["id"].tolist())
-            for name, df in splits.items()}
+    return {
+        name: encode(df["text"].tolist(), tokenizer, max_length, [label2id[x] for x in df["label"]], df["id"].tolist())
+        for name, df in splits.items()
+    }

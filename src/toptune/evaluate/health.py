@@ -12,8 +12,9 @@ import math
 import numpy as np
 
 
-def short_text_warnings(split_sizes: dict[str, tuple[int, int]], max_length: int, min_text_tokens: int,
-                        share: float) -> dict[str, str]:
+def short_text_warnings(
+    split_sizes: dict[str, tuple[int, int]], max_length: int, min_text_tokens: int, share: float
+) -> dict[str, str]:
     """``split_sizes``: split → (rows, rows truncated). A truncated text keeps exactly ``max_length``
     tokens, so when ``max_length < min_text_tokens`` every truncated row is near-empty."""
     if max_length >= min_text_tokens:
@@ -22,8 +23,10 @@ def short_text_warnings(split_sizes: dict[str, tuple[int, int]], max_length: int
     short = sum(t for _, t in split_sizes.values())
     if not rows or short / rows <= share:
         return {}
-    return {"short_texts": f"{short} of {rows} texts are cut to {max_length} token(s) by training.max_length={max_length} "
-                           f"(< data.min_text_tokens={min_text_tokens}): the model sees almost nothing of them"}
+    return {
+        "short_texts": f"{short} of {rows} texts are cut to {max_length} token(s) by training.max_length={max_length} "
+        f"(< data.min_text_tokens={min_text_tokens}): the model sees almost nothing of them"
+    }
 
 
 def chance_accuracy(accuracy: float, labels: np.ndarray) -> str | None:
@@ -36,8 +39,10 @@ def chance_accuracy(accuracy: float, labels: np.ndarray) -> str | None:
     margin = 2 * math.sqrt(max(majority * (1 - majority), 1e-12) / n)
     if accuracy > majority + margin:
         return None
-    return (f"validation accuracy {accuracy:.3f} on {n} rows is at chance (the majority class alone scores "
-            f"{majority:.3f}, ±{margin:.3f}): the model learnt nothing usable")
+    return (
+        f"validation accuracy {accuracy:.3f} on {n} rows is at chance (the majority class alone scores "
+        f"{majority:.3f}, ±{margin:.3f}): the model learnt nothing usable"
+    )
 
 
 def diverged(losses: list[float], n_classes: int) -> str | None:

@@ -20,7 +20,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, id2label: dic
         "accuracy": float(accuracy_score(labels, pred)),
         "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
         "n_examples": int(len(labels)),
-        "per_class": {n: {k: float(report[n][k]) for k in ("precision", "recall", "f1-score", "support")} for n in names},
+        "per_class": {
+            n: {k: float(report[n][k]) for k in ("precision", "recall", "f1-score", "support")} for n in names
+        },
     }
 
 
@@ -36,5 +38,6 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 def report_text(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, str]) -> str:
     """scikit-learn's text classification report."""
     ids = sorted(id2label)
-    return classification_report(labels, logits.argmax(-1), labels=ids, target_names=[id2label[i] for i in ids],
-                                 digits=4, zero_division=0)
+    return classification_report(
+        labels, logits.argmax(-1), labels=ids, target_names=[id2label[i] for i in ids], digits=4, zero_division=0
+    )

@@ -40,11 +40,23 @@ def curves_figure(result: TrainResult) -> Figure:
     ends = [(e["epoch"] + 1) * steps_per_epoch for e in result.epochs]
     if result.epochs and "val_loss" in result.epochs[0]:
         ax_loss.plot(ends, [e["val_loss"] for e in result.epochs], "o-", label="val loss (by epoch)")
-        ax_acc.plot([e["epoch"] + 1 for e in result.epochs], [e["val_accuracy"] for e in result.epochs], "o-", label="val accuracy")
+        ax_acc.plot(
+            [e["epoch"] + 1 for e in result.epochs],
+            [e["val_accuracy"] for e in result.epochs],
+            "o-",
+            label="val accuracy",
+        )
     if result.epochs and "val_macro_f1" in result.epochs[0]:
-        ax_acc.plot([e["epoch"] + 1 for e in result.epochs], [e["val_macro_f1"] for e in result.epochs], "s--", label="val macro-F1")
+        ax_acc.plot(
+            [e["epoch"] + 1 for e in result.epochs],
+            [e["val_macro_f1"] for e in result.epochs],
+            "s--",
+            label="val macro-F1",
+        )
     if result.best is not None:
-        ax_acc.axvline(result.best["epoch"] + 1, color="grey", linestyle=":", label=f"kept: epoch {result.best['epoch'] + 1}")
+        ax_acc.axvline(
+            result.best["epoch"] + 1, color="grey", linestyle=":", label=f"kept: epoch {result.best['epoch'] + 1}"
+        )
     ax_loss.set_xlabel("optimiser step")
     ax_loss.set_yscale("log")
     ax_loss.legend()

@@ -28,34 +28,52 @@ figures, metrics).
 """
 
 from toptune.inspect.estimate import (
-           BlockShape,
-           block_saved_bytes,
-           estimate_report,
-           estimate_top_k,
-           shape_of,
+    BlockShape,
+    block_saved_bytes,
+    estimate_report,
+    estimate_top_k,
+    shape_of,
 )
 from toptune.inspect.measure import (
-           StepMeasure,
-           block_keys,
-           block_of,
-           measure_step,
-           prefix_keys,
+    StepMeasure,
+    block_keys,
+    block_of,
+    measure_step,
+    prefix_keys,
 )
 from toptune.inspect.modes import (
-           MODES,
-           cache_batch,
-           inspect_modes,
-           precomputed_prefix,
+    MODES,
+    cache_batch,
+    inspect_modes,
+    precomputed_prefix,
 )
 from toptune.inspect.report import (
-           block_diagram_figure,
-           format_table,
-           metrics_of,
-           saved_bytes_figure,
+    block_diagram_figure,
+    format_table,
+    metrics_of,
+    saved_bytes_figure,
 )
 from toptune.inspect.seed_graph import format_seed_table, seed_table
 
-__all__ = ["MODES", "BlockShape", "StepMeasure", "seed_table", "format_seed_table", "inspect_modes",
-           "measure_step", "estimate_top_k", "estimate_report", "block_saved_bytes", "shape_of", "block_keys", "block_of",
-           "prefix_keys", "format_table", "saved_bytes_figure", "block_diagram_figure", "metrics_of", "cache_batch",
-           "precomputed_prefix"]
+__all__ = [
+    "MODES",
+    "BlockShape",
+    "StepMeasure",
+    "seed_table",
+    "format_seed_table",
+    "inspect_modes",
+    "measure_step",
+    "estimate_top_k",
+    "estimate_report",
+    "block_saved_bytes",
+    "shape_of",
+    "block_keys",
+    "block_of",
+    "prefix_keys",
+    "format_table",
+    "saved_bytes_figure",
+    "block_diagram_figure",
+    "metrics_of",
+    "cache_batch",
+    "precomputed_prefix",
+]

@@ -70,23 +70,23 @@ def block_saved_bytes(s: BlockShape, query_tokens: int | None = None, input_requ
     q = b * (query_tokens or t)  # tokens whose outputs are needed
     dq, dkv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     fp32 = 4
-    total = (n * d * fp32 + n * fp32) if input_requires_grad else 0   # input_layernorm
-    total += (n * d * e if r else 0) + (q + 2 * n) * r * e             # lora_A input (shared), q/k/v middles
+    total = (n * d * fp32 + n * fp32) if input_requires_grad else 0  # input_layernorm
+    total += (n * d * e if r else 0) + (q + 2 * n) * r * e  # lora_A input (shared), q/k/v middles
     if s.qk_norm:
-        total += q * dq * fp32 + q * s.heads * fp32                    # q_norm
-        total += n * dkv * fp32 + n * s.kv_heads * fp32                # k_norm
+        total += q * dq * fp32 + q * s.heads * fp32  # q_norm
+        total += n * dkv * fp32 + n * s.kv_heads * fp32  # k_norm
     one_query = query_tokens == 1
-    kv = dq if (s.padded and not one_query) else dkv                   # k / v width sdpa keeps
-    total += (q * dq + 2 * n * kv) * e                                 # sdpa: q, k, v
-    total += q * dq * e + q * s.heads * fp32                           # sdpa: output, log-sum-exp
+    kv = dq if (s.padded and not one_query) else dkv  # k / v width sdpa keeps
+    total += (q * dq + 2 * n * kv) * e  # sdpa: q, k, v
+    total += q * dq * e + q * s.heads * fp32  # sdpa: output, log-sum-exp
     if s.padded:
-        total += q * t * e                                             # sdpa: float mask rows
+        total += q * t * e  # sdpa: float mask rows
     elif one_query:
-        total += q * t                                                 # the pooled row's bool mask
-    total += q * r * e                                                 # o_proj middle
-    total += q * d * fp32 + q * fp32                                   # post_attention_layernorm
-    total += (q * d * e if r else 0) + 3 * q * r * e                   # MLP lora_A input, 3 middles
-    total += 4 * q * s.intermediate * e                                # gate, up, SiLU(gate), product
+        total += q * t  # the pooled row's bool mask
+    total += q * r * e  # o_proj middle
+    total += q * d * fp32 + q * fp32  # post_attention_layernorm
+    total += (q * d * e if r else 0) + 3 * q * r * e  # MLP lora_A input, 3 middles
+    total += 4 * q * s.intermediate * e  # gate, up, SiLU(gate), product
     return int(total)
 
 
@@ -106,8 +106,10 @@ def estimate_top_k(s: BlockShape, num_trainable: int, pooled_last_block: bool) -
 
 ESTIMATE_COVERS = ("qwen2", "qwen3")
 """Model types whose blocks the estimate models: attention (sdpa) + gated MLP."""
-COVERAGE = ("attention (sdpa) + gated MLP blocks of Qwen2 / Qwen3 dense checkpoints, LoRA on the seven "
-            "projections; not Gated DeltaNet (linear attention) or MoE blocks, which are measured only")
+COVERAGE = (
+    "attention (sdpa) + gated MLP blocks of Qwen2 / Qwen3 dense checkpoints, LoRA on the seven "
+    "projections; not Gated DeltaNet (linear attention) or MoE blocks, which are measured only"
+)
 
 
 def shape_of(model: nn.Module, batch: int, length: int, lora_r: int, padded: bool = True) -> BlockShape | None:
@@ -119,8 +121,19 @@ def shape_of(model: nn.Module, batch: int, length: int, lora_r: int, padded: boo
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
     dtype = next(model.parameters()).dtype
-    return BlockShape(batch, length, c.hidden_size, heads, c.num_key_value_heads, head_dim, c.intermediate_size,
-                      lora_r, c.model_type == "qwen3", padded, 2 if dtype in (torch.bfloat16, torch.float16) else 4)
+    return BlockShape(
+        batch,
+        length,
+        c.hidden_size,
+        heads,
+        c.num_key_value_heads,
+        head_dim,
+        c.intermediate_size,
+        lora_r,
+        c.model_type == "qwen3",
+        padded,
+        2 if dtype in (torch.bfloat16, torch.float16) else 4,
+    )
 
 
 def estimate_report(report: dict, shape: BlockShape | None) -> dict:
@@ -136,6 +149,10 @@ def estimate_report(report: dict, shape: BlockShape | None) -> dict:
         if "saved_bytes_by_block" in m:
             expected = estimate_top_k(shape, len(trainable), pooled_last_block=pooled)
             measured = sum(m["saved_bytes_by_block"].get(b, 0) for b in trainable)
-            out[mode] = {"top_k_expected_bytes": expected, "top_k_measured_bytes": measured,
-                         "measured_over_estimated": measured / expected, "pooled_last_block": pooled}
+            out[mode] = {
+                "top_k_expected_bytes": expected,
+                "top_k_measured_bytes": measured,
+                "measured_over_estimated": measured / expected,
+                "pooled_last_block": pooled,
+            }
     return out

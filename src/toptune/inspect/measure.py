@@ -125,8 +125,9 @@ def measure_step(model: nn.Module, step: Callable[[], Tensor], num_layers: int, 
     finally:
         for h in handles:
             h.remove()
-    param_block = {p.untyped_storage().data_ptr(): block_of(n.rpartition(".")[0]) or "other"
-                   for n, p in model.named_parameters()}
+    param_block = {
+        p.untyped_storage().data_ptr(): block_of(n.rpartition(".")[0]) or "other" for n, p in model.named_parameters()
+    }
     by_block = dict.fromkeys(block_keys(num_layers), 0)
     for key in node_owners(loss.grad_fn, tracker.owner, param_block).values():
         by_block[key] = by_block.get(key, 0) + 1

@@ -28,21 +28,21 @@ MODE_HELP = {
     "lora_all": "LoRA on every block, stock forward",
     "topk_autograd": "LoRA on the top K blocks, stock forward",
     "topk_autograd_input_grads": "LoRA on the top K, stock forward, enable_input_require_grads() "
-                                 "(as gradient checkpointing sets)",
+    "(as gradient checkpointing sets)",
     "topk_no_grad": "LoRA on the top K, prefix under no_grad + detach (toptune's default)",
     "topk_cached": "LoRA on the top K, fed from stored prefix output "
-                   "(toptune's cache mode: fused blocks, last block at the pooled token)",
+    "(toptune's cache mode: fused blocks, last block at the pooled token)",
 }
 METHOD = {
     "saved_bytes": "saved_tensors_hooks pack: untyped_storage().nbytes() of each saved tensor, each storage once",
     "parameters_counted": False,
     "parameters_note": "storages of parameters (weights saved for backward) are not counted: they stay in memory "
-                       "whatever autograd does; only activations count (on CUDA under bf16 autocast also the bf16 "
-                       "weight copies that backward keeps)",
+    "whatever autograd does; only activations count (on CUDA under bf16 autocast also the bf16 "
+    "weight copies that backward keeps)",
     "block_attribution": "forward pre-hooks on the blocks' modules, and torch functions called with a block's "
-                         "parameter, set the running block; a saved tensor / a new grad_fn is charged to it",
+    "parameter, set the running block; a saved tensor / a new grad_fn is charged to it",
     "autograd_nodes": "grad_fn nodes reachable from the loss (AccumulateGrad included), each charged to the block "
-                      "whose op created it (AccumulateGrad: its parameter's block)",
+    "whose op created it (AccumulateGrad: its parameter's block)",
     "prefix": "blocks layer.0 … layer.<first-1>, below the lowest trainable block",
 }
 
@@ -62,27 +62,34 @@ class _Setup:
     clf: object | None = None
 
 
-def _mode_setup(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
-                device: str, tokenizer) -> _Setup:
+def _mode_setup(
+    mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int, device: str, tokenizer
+) -> _Setup:
     """A fresh classifier set up as ``mode`` asks."""
     if mode == "full":
         dtype = torch.bfloat16 if model_cfg.dtype == "bfloat16" else torch.float32
-        model = load_classifier(resolve_base_checkpoint(model_cfg.name_or_path), id2label, tokenizer.pad_token_id,
-                                seed=seed, dtype=dtype)
+        model = load_classifier(
+            resolve_base_checkpoint(model_cfg.name_or_path), id2label, tokenizer.pad_token_id, seed=seed, dtype=dtype
+        )
         # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to): mypy reads it unbound
         model = model.to(resolve_device(device))  # type: ignore[arg-type]
         model.requires_grad_(True)
         return _Setup(model, list(range(model.config.num_hidden_layers)), "autograd")
     if mode == "lora_all":
         n = text_config(resolve_base_checkpoint(model_cfg.name_or_path)).num_hidden_layers
-        clf = build_classifier(dataclasses.replace(model_cfg, trainable_layers=list(range(n))), lora, id2label, seed,
-                               device, tokenizer)
+        clf = build_classifier(
+            dataclasses.replace(model_cfg, trainable_layers=list(range(n))), lora, id2label, seed, device, tokenizer
+        )
         return _Setup(clf.model, clf.trainable_blocks, "autograd", clf)
     clf = build_classifier(model_cfg, lora, id2label, seed, device, tokenizer)
     if mode == "topk_autograd_input_grads":
         clf.model.enable_input_require_grads()
-    forward = {"topk_autograd": "autograd", "topk_autograd_input_grads": "autograd", "topk_no_grad": "no_grad",
-               "topk_cached": "cache"}[mode]
+    forward = {
+        "topk_autograd": "autograd",
+        "topk_autograd_input_grads": "autograd",
+        "topk_no_grad": "no_grad",
+        "topk_cached": "cache",
+    }[mode]
     return _Setup(clf.model, clf.trainable_blocks, forward, clf)
 
 
@@ -93,8 +100,12 @@ def precomputed_prefix(model: nn.Module, batch: dict[str, Tensor], first_trainab
     model.eval()
     hidden = run_prefix(model, batch["input_ids"], batch["attention_mask"], first_trainable_block)  # (B, T, D)
     model.train(was_training)
-    return {"hidden": hidden, "attention_mask": batch["attention_mask"], "labels": batch["labels"],
-            "pooled": pool_index(batch["input_ids"], backbone(model).config.pad_token_id)}
+    return {
+        "hidden": hidden,
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["labels"],
+        "pooled": pool_index(batch["input_ids"], backbone(model).config.pad_token_id),
+    }
 
 
 def _step_fn(setup: _Setup, batch: dict[str, Tensor], device: torch.device) -> Callable[[], Tensor]:
@@ -115,9 +126,18 @@ def _step_fn(setup: _Setup, batch: dict[str, Tensor], device: torch.device) -> C
     return step
 
 
-def inspect_modes(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], batch: dict[str, Tensor],
-                  seed: int = 0, device: str = "auto", modes: tuple[str, ...] | list[str] | None = None,
-                  stored: StoredBatch | None = None, repeats: int = 1, tokenizer=None) -> dict:
+def inspect_modes(
+    model_cfg: ModelConfig,
+    lora: LoraSettings,
+    id2label: dict[int, str],
+    batch: dict[str, Tensor],
+    seed: int = 0,
+    device: str = "auto",
+    modes: tuple[str, ...] | list[str] | None = None,
+    stored: StoredBatch | None = None,
+    repeats: int = 1,
+    tokenizer=None,
+) -> dict:
     """Measure every mode on ``batch`` (``input_ids``, ``attention_mask``, ``labels``); the report dict.
 
     ``topk_cached`` is fed by ``stored`` (the real prefix cache) when it returns a batch, else by
@@ -130,8 +150,9 @@ def inspect_modes(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int
     report: dict = {"model": {}, "batch": {}, "method": METHOD, "modes": {}}
     for mode in [m for m in MODES if m in (modes or MODES)]:
         try:
-            report["modes"][mode] = _measure_mode(mode, model_cfg, lora, id2label, batch, seed, device, stored,
-                                                  repeats, tokenizer, report)
+            report["modes"][mode] = _measure_mode(
+                mode, model_cfg, lora, id2label, batch, seed, device, stored, repeats, tokenizer, report
+            )
         except torch.OutOfMemoryError as e:  # e.g. `full` on a big model: say so, measure the others
             report["modes"][mode] = {"skipped": f"out of memory: {str(e).splitlines()[0]}"}
         gc.collect()  # the next mode's CUDA numbers must not see this one's model
@@ -141,17 +162,31 @@ def inspect_modes(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int
     for m in report["modes"].values():
         if "saved_bytes_by_block" in m:
             m["prefix_saved_bytes"] = sum(m["saved_bytes_by_block"].get(k, 0) for k in prefix)
-    report["batch"] = {"batch_size": int(batch["input_ids"].shape[0]), "length": int(batch["input_ids"].shape[1]),
-                       "real_tokens": int(batch["attention_mask"].sum()), "padded": bool((batch["attention_mask"] == 0).any())}
+    report["batch"] = {
+        "batch_size": int(batch["input_ids"].shape[0]),
+        "length": int(batch["input_ids"].shape[1]),
+        "real_tokens": int(batch["attention_mask"].sum()),
+        "padded": bool((batch["attention_mask"] == 0).any()),
+    }
     if report["model"]:
         report["estimate"] = estimate_report(report, report["model"].pop("_shape"))
         report["ratios"] = ratios(report)
     return report
 
 
-def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str],
-                  batch: dict[str, Tensor], seed: int, device: str, stored: StoredBatch | None, repeats: int,
-                  tokenizer, report: dict) -> dict:
+def _measure_mode(
+    mode: str,
+    model_cfg: ModelConfig,
+    lora: LoraSettings,
+    id2label: dict[int, str],
+    batch: dict[str, Tensor],
+    seed: int,
+    device: str,
+    stored: StoredBatch | None,
+    repeats: int,
+    tokenizer,
+    report: dict,
+) -> dict:
     """One mode's entry of the report (and, for the first mode measured, ``report["model"]``)."""
     setup = _mode_setup(mode, model_cfg, lora, id2label, seed, device, tokenizer)
     dev = next(setup.model.parameters()).device
@@ -172,14 +207,25 @@ def _measure_mode(mode: str, model_cfg: ModelConfig, lora: LoraSettings, id2labe
     if not report["model"]:
         inner = backbone(setup.model)
         trainable_blocks = model_cfg.trainable_blocks(num_layers)
-        report["model"] = {"name_or_path": model_cfg.name_or_path, "model_type": inner.config.model_type,
-                           "num_layers": num_layers, "trainable_layers": trainable_blocks,
-                           "first_trainable_block": min(trainable_blocks),
-                           "hidden_size": inner.config.hidden_size, "lora_r": lora.r,
-                           "dtype": str(next(setup.model.parameters()).dtype).removeprefix("torch."),
-                           "device": str(dev), "autocast": "bfloat16" if dev.type == "cuda" else None,
-                           "_shape": shape_of(setup.model, batch["input_ids"].shape[0], batch["input_ids"].shape[1],
-                                              lora.r, padded=bool((batch["attention_mask"] == 0).any()))}
+        report["model"] = {
+            "name_or_path": model_cfg.name_or_path,
+            "model_type": inner.config.model_type,
+            "num_layers": num_layers,
+            "trainable_layers": trainable_blocks,
+            "first_trainable_block": min(trainable_blocks),
+            "hidden_size": inner.config.hidden_size,
+            "lora_r": lora.r,
+            "dtype": str(next(setup.model.parameters()).dtype).removeprefix("torch."),
+            "device": str(dev),
+            "autocast": "bfloat16" if dev.type == "cuda" else None,
+            "_shape": shape_of(
+                setup.model,
+                batch["input_ids"].shape[0],
+                batch["input_ids"].shape[1],
+                lora.r,
+                padded=bool((batch["attention_mask"] == 0).any()),
+            ),
+        }
     return {
         "description": MODE_HELP[mode],
         "saved_bytes_total": m.saved_bytes_total,
@@ -203,10 +249,13 @@ def ratios(report: dict) -> dict:
     num_trainable, n = len(report["model"]["trainable_layers"]), report["model"]["num_layers"]
     out: dict = {"k_over_l": num_trainable / n}
     if all("saved_bytes_total" in modes.get(m, {}) for m in ("topk_no_grad", "lora_all")):
-        out["topk_no_grad_over_lora_all"] = modes["topk_no_grad"]["saved_bytes_total"] / modes["lora_all"]["saved_bytes_total"]
+        out["topk_no_grad_over_lora_all"] = (
+            modes["topk_no_grad"]["saved_bytes_total"] / modes["lora_all"]["saved_bytes_total"]
+        )
     if all("saved_bytes_total" in modes.get(m, {}) for m in ("topk_no_grad", "topk_autograd_input_grads")):
-        out["topk_no_grad_over_input_grads"] = (modes["topk_no_grad"]["saved_bytes_total"]
-                                                / modes["topk_autograd_input_grads"]["saved_bytes_total"])
+        out["topk_no_grad_over_input_grads"] = (
+            modes["topk_no_grad"]["saved_bytes_total"] / modes["topk_autograd_input_grads"]["saved_bytes_total"]
+        )
     return out
 
 

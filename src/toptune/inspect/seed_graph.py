@@ -43,8 +43,10 @@ def adjacency(root) -> dict[str, dict]:
     """The seed's adjacency list, with node numbers (BFS order) in place of ``id()``s."""
     nodes = graph_nodes(root)
     index = {n: i for i, n in enumerate(nodes)}
-    return {str(index[n]): {"name": type(n).__name__, "children": [index[c] for c, _ in n.next_functions if c is not None]}
-            for n in nodes}
+    return {
+        str(index[n]): {"name": type(n).__name__, "children": [index[c] for c, _ in n.next_functions if c is not None]}
+        for n in nodes
+    }
 
 
 def _kept_in(saved: list[Tensor]) -> Callable[[Tensor], Tensor]:
@@ -81,8 +83,13 @@ def seed_table(seed: int = 0) -> dict[str, dict]:
             out = net.fc2(h)  # (1, 1)
         nodes = graph_nodes(out.grad_fn)
         weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
-        acts = list({t.untyped_storage().data_ptr(): t for t in saved  # each storage once, weights not counted
-                     if t.untyped_storage().data_ptr() not in weights}.values())
+        acts = list(
+            {
+                t.untyped_storage().data_ptr(): t
+                for t in saved  # each storage once, weights not counted
+                if t.untyped_storage().data_ptr() not in weights
+            }.values()
+        )
         cases[case] = {
             "applied": applied,
             "nodes": [type(n).__name__ for n in nodes],

@@ -46,8 +46,9 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run: each bench's config as parameters, each run's figures and the ratios as metrics
     (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON and PNG as artifacts."""
     with start_run("bench") as run:
-        for prefix, part in ([("", result)] if "runs" in result else []) + \
-                ([("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []):
+        for prefix, part in ([("", result)] if "runs" in result else []) + (
+            [("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []
+        ):
             mlflow.log_params({f"{prefix}{k}": str(v)[:250] for k, v in flat("", part.get("config", {}), {}).items()})
             mlflow.set_tag(f"{prefix}device", str(part.get("device")))
             for name, row in part["runs"].items():

@@ -50,8 +50,10 @@ def load_failure(exc: BaseException) -> str | None:
     where = m.group(1) if m else "an input dataset"
     for e in chain:
         if isinstance(e, UnicodeDecodeError):
-            return (f"cannot read {where}: it is not {e.encoding} text (byte 0x{e.object[e.start]:02x}); "
-                    f"name its encoding in the catalog entry: load_args: {{encoding: latin-1}} (or the file's encoding)")
+            return (
+                f"cannot read {where}: it is not {e.encoding} text (byte 0x{e.object[e.start]:02x}); "
+                f"name its encoding in the catalog entry: load_args: {{encoding: latin-1}} (or the file's encoding)"
+            )
         if isinstance(e, pd.errors.EmptyDataError):
             return f"cannot read {where}: the file is empty ({e}); point the catalog entry at a table with a header row"
         if isinstance(e, pd.errors.ParserError):
@@ -86,8 +88,13 @@ def cli() -> None:
     """toptune's project commands."""
 
 
-@cli.command("run", context_settings=kedro_run.context_settings, params=kedro_run.params, help=kedro_run.help,
-             short_help=kedro_run.short_help)
+@cli.command(
+    "run",
+    context_settings=kedro_run.context_settings,
+    params=kedro_run.params,
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
+)
 def run(**kwargs):
     try:
         return kedro_run.callback(**kwargs)

@@ -85,9 +85,13 @@ class TokenisedDataset(AbstractDataset):
         shutil.rmtree(staged.parent, ignore_errors=True)
         staged.mkdir(parents=True)
         for name, enc in splits.items():
-            table = pa.table({"id": pa.array(enc.ids, pa.string()),
-                              "input_ids": pa.array(enc.input_ids, pa.list_(pa.int32())),
-                              "label": pa.array(enc.labels, pa.int64())})
+            table = pa.table(
+                {
+                    "id": pa.array(enc.ids, pa.string()),
+                    "input_ids": pa.array(enc.input_ids, pa.list_(pa.int32())),
+                    "label": pa.array(enc.labels, pa.int64()),
+                }
+            )
             table = table.replace_schema_metadata({"truncated": str(int(enc.truncated))})
             pq.write_table(table, staged / f"{name}.parquet")
         swap_dir(staged, final)
@@ -100,8 +104,12 @@ class TokenisedDataset(AbstractDataset):
         for path in sorted(final.glob("*.parquet")):
             table = pq.read_table(path)
             truncated = (table.schema.metadata or {}).get(b"truncated", b"0")
-            out[path.stem] = Encoded(ids=table["id"].to_pylist(), input_ids=table["input_ids"].to_pylist(),
-                                     labels=table["label"].to_pylist(), truncated=int(truncated))
+            out[path.stem] = Encoded(
+                ids=table["id"].to_pylist(),
+                input_ids=table["input_ids"].to_pylist(),
+                labels=table["label"].to_pylist(),
+                truncated=int(truncated),
+            )
         return out
 
     def _exists(self) -> bool:
@@ -109,4 +117,3 @@ class TokenisedDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
-

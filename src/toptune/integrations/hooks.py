@@ -13,7 +13,9 @@ def git_commit() -> str:
     """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -27,8 +29,14 @@ def run_tags(pipeline_name: str | None) -> dict[str, str]:
     import transformers
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"pipeline": pipeline_name or "__default__", "git_commit": git_commit(), "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__, "peft_version": peft.__version__, "device": device}
+    return {
+        "pipeline": pipeline_name or "__default__",
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "peft_version": peft.__version__,
+        "device": device,
+    }
 
 
 def prefix_mode_tags(summary: dict) -> dict[str, str]:
@@ -43,9 +51,14 @@ def best_epoch_tags(best: dict | None) -> dict[str, str]:
     """Tags saying which epoch's adapter the run kept and why (``best.epoch``, ``best.metric``, …)."""
     if not best:
         return {}
-    return {"best.epoch": str(best["epoch"]), "best.metric": f"val.{best['metric']}", "best.value": str(best["value"]),
-            "best.epochs_run": str(best["epochs_run"]), "best.stopped_early": str(best["stopped_early"]).lower(),
-            "best.reason": best["reason"]}
+    return {
+        "best.epoch": str(best["epoch"]),
+        "best.metric": f"val.{best['metric']}",
+        "best.value": str(best["value"]),
+        "best.epochs_run": str(best["epochs_run"]),
+        "best.stopped_early": str(best["stopped_early"]).lower(),
+        "best.reason": best["reason"],
+    }
 
 
 class ToptuneHooks:

@@ -31,7 +31,17 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 """Artifact path of the pyfunc model in its run: the URI is ``runs:/<run_id>/model``."""
-REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scikit-learn", "tqdm")
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "tqdm",
+)
 
 
 def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], cfg: ExportConfig) -> ModelSignature:
@@ -45,7 +55,9 @@ def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], 
         inputs.append(ColSpec("string", TEXT_COLUMN, required=False))
     outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "id"), ColSpec("string", "label")]
     outputs += [ColSpec("float", f"prob_{c}") for c in labels]
-    params = ParamSchema([ParamSpec("bad_rows", "string", cfg.bad_rows), ParamSpec("batch_size", "long", cfg.batch_size)])
+    params = ParamSchema(
+        [ParamSpec("bad_rows", "string", cfg.bad_rows), ParamSpec("batch_size", "long", cfg.batch_size)]
+    )
     return ModelSignature(Schema(inputs), Schema(outputs), params)
 
 
@@ -57,8 +69,9 @@ def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig
     sig = signature(example, serving, labels, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         # The package travels with the model; caches and anything but Python source stay behind.
-        code = shutil.copytree(Path(toptune.__file__).parent, Path(tmp) / "toptune",
-                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        code = shutil.copytree(
+            Path(toptune.__file__).parent, Path(tmp) / "toptune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         mlflow.pyfunc.save_model(
             path=str(out_dir),
             python_model=pyfunc_model.__file__,
@@ -66,7 +79,9 @@ def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig
             code_paths=[str(code)],
             model_config={"bad_rows": cfg.bad_rows, "batch_size": cfg.batch_size},
             signature=sig,
-            input_example=example[[c.name for c in sig.inputs.inputs if c.name in example.columns]] if len(example) else None,
+            input_example=example[[c.name for c in sig.inputs.inputs if c.name in example.columns]]
+            if len(example)
+            else None,
             pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
         )
     return Path(out_dir)

@@ -100,8 +100,9 @@ class ResumableMlflowHook(MlflowHook):
         self._raw = raw_identity(catalog)
         for name, dataset in list(catalog.items()):
             if type(dataset) is MlflowMetricsHistoryDataset:
-                catalog[name] = MlflowMetricsHistoryOnceDataset(run_id=dataset._run_id, prefix=dataset._prefix,
-                                                                metadata=dataset.metadata)
+                catalog[name] = MlflowMetricsHistoryOnceDataset(
+                    run_id=dataset._run_id, prefix=dataset._prefix, metadata=dataset.metadata
+                )
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
@@ -150,8 +151,13 @@ class ResumableMlflowHook(MlflowHook):
             log.info("checkpoint %s: %s; this run is a new one", ck.path, gone.text)
             return None
         if not given:
-            log.info("continuing MLflow run %s: it made checkpoint %s (epoch %d, step %d)", ck.meta["run_id"], ck.path,
-                     ck.meta["epoch"], ck.step)
+            log.info(
+                "continuing MLflow run %s: it made checkpoint %s (epoch %d, step %d)",
+                ck.meta["run_id"],
+                ck.path,
+                ck.meta["epoch"],
+                ck.step,
+            )
         return ck.meta.get("run_id")
 
 
@@ -176,5 +182,7 @@ def run_refusal(run_id: str | None, raw: str, finished_ok: bool = False) -> RunR
     if not finished_ok and run.info.status == RunStatus.to_string(RunStatus.FINISHED):
         return RunRefusal("finished", f"its MLflow run {run_id} finished")
     if run.data.tags.get(RAW_DATA_TAG) != raw:
-        return RunRefusal("raw_data", f"raw data changed ({run.data.tags.get(RAW_DATA_TAG, 'unknown')[:19]} → {raw[:19]})")
+        return RunRefusal(
+            "raw_data", f"raw data changed ({run.data.tags.get(RAW_DATA_TAG, 'unknown')[:19]} → {raw[:19]})"
+        )
     return None

@@ -82,8 +82,10 @@ def http_failure(status: int, experiment: str, action: str) -> str:
         return f"the server refused the credentials (401): {credentials_hint()}"
     if status == 403:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
-        return (f"permission denied (403): user {user!r} may not {action} experiment {experiment!r} "
-                "(its creator or an admin can grant EDIT)")
+        return (
+            f"permission denied (403): user {user!r} may not {action} experiment {experiment!r} "
+            "(its creator or an admin can grant EDIT)"
+        )
     return f"answered HTTP {status}"
 
 
@@ -106,10 +108,15 @@ def probe(uri: str, experiment: str) -> str | None:
     """One authenticated request to the server (``experiments/get-by-name``): None when the run can go on,
     else the cause. Credentials are MLflow's own (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, token…)."""
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
-                                max_retries=0, timeout=(PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S),
-                                raise_on_status=False,
-                                params={"experiment_name": experiment})
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/get-by-name",
+            "GET",
+            max_retries=0,
+            timeout=(PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S),
+            raise_on_status=False,
+            params={"experiment_name": experiment},
+        )
     except MlflowException as error:  # MLflow wraps requests' error, which it leaves as the context
         return unreachable(error.__context__ or error, (PROBE_CONNECT_TIMEOUT_S, PROBE_READ_TIMEOUT_S))
     if response.status_code == 200:
@@ -165,8 +172,9 @@ def lost_server(error: BaseException | None) -> MlflowException | None:
     """The MLflow error in ``error``'s chain that says the server went away or refused (None if none)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, MlflowException) and (isinstance(error.__context__, requests.RequestException)
-                                                   or error.get_http_status_code() in (401, 403)):
+        if isinstance(error, MlflowException) and (
+            isinstance(error.__context__, requests.RequestException) or error.get_http_status_code() in (401, 403)
+        ):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -190,8 +198,10 @@ class TrackingServerHooks:
         conf = mlflow_config(context)
         uri = tracking_uri(conf)
         if uri is None:
-            raise TrackingServerError(f"no MLflow tracking URI: mlflow.yml of environment {context.env!r} has "
-                                      "server.mlflow_tracking_uri: null and MLFLOW_TRACKING_URI is not set")
+            raise TrackingServerError(
+                f"no MLflow tracking URI: mlflow.yml of environment {context.env!r} has "
+                "server.mlflow_tracking_uri: null and MLFLOW_TRACKING_URI is not set"
+            )
         self._uri = uri if urlsplit(uri).scheme in ("http", "https") else None
         if self._uri is not None:
             self._experiment = experiment_name(conf, context._package_name or "toptune")

@@ -44,7 +44,8 @@ class ProjectLock:
         except Timeout:
             raise ProjectBusyError(
                 f"another toptune run is using this project ({self.holder()}); wait for it to finish or stop it, "
-                f"then run again") from None
+                f"then run again"
+            ) from None
         with open(self.path, "r+") as f:  # the lock file stays in place on release: the next holder rewrites it
             f.truncate(0)
             f.write(json.dumps({"pid": os.getpid(), "run": what, "since": time.strftime("%Y-%m-%d %H:%M:%S")}))

@@ -69,6 +69,7 @@ def register() -> None:
         return
     cls = Qwen3_5MoeTextForSequenceClassification
     AutoModelForSequenceClassification.register(Qwen3_5MoeTextConfig, cls, exist_ok=True)
-    register_checkpoint_conversion_mapping(cls.__name__, get_checkpoint_conversion_mapping("qwen3_5_moe_text"),
-                                           overwrite=True)
+    register_checkpoint_conversion_mapping(
+        cls.__name__, get_checkpoint_conversion_mapping("qwen3_5_moe_text"), overwrite=True
+    )
     _registered = True

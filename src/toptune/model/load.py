@@ -63,8 +63,12 @@ def load_classifier(
     """
     config = text_config(name_or_path)
     if not families.is_tested(config.model_type):
-        log.warning("model type %r is not one of toptune's tested families (%s): it trains only if the forward split "
-                    "check passes", config.model_type, ", ".join(families.SUPPORTED_MODEL_TYPES))
+        log.warning(
+            "model type %r is not one of toptune's tested families (%s): it trains only if the forward split "
+            "check passes",
+            config.model_type,
+            ", ".join(families.SUPPORTED_MODEL_TYPES),
+        )
     config.num_labels = len(id2label)
     config.id2label = {int(k): v for k, v in id2label.items()}
     config.label2id = {v: int(k) for k, v in id2label.items()}
@@ -73,8 +77,9 @@ def load_classifier(
     config.use_cache = False
     torch.manual_seed(seed)
     # safetensors only (no pickle is unpickled), and no code from the checkpoint's repository runs.
-    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), config=config, dtype=dtype,
-                                                               use_safetensors=True, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False
+    )
     warn_missing_kernels(model)
     return model
 
@@ -91,8 +96,11 @@ def warn_missing_kernels(model: nn.Module) -> None:
     missing = [m for m in LINEAR_ATTENTION_KERNELS if importlib.util.find_spec(m) is None]
     if missing:
         _warned.add("kernels")
-        log.warning("Gated DeltaNet blocks run transformers' slow torch fallback: install flash-linear-attention "
-                    "and causal-conv1d for the CUDA kernels (missing modules: %s)", ", ".join(missing))
+        log.warning(
+            "Gated DeltaNet blocks run transformers' slow torch fallback: install flash-linear-attention "
+            "and causal-conv1d for the CUDA kernels (missing modules: %s)",
+            ", ".join(missing),
+        )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -54,8 +54,10 @@ def target_modules(model: nn.Module, trainable_blocks: list[int], settings: Lora
     if wanted is not None:
         missing = sorted(w for w in wanted if not any(n.rpartition(".")[2] == w for n in out))
         if missing:
-            raise ConfigError(f"lora.target_modules: no linear module named {missing[0]!r} in the trainable blocks "
-                             f"{trainable_blocks} (use auto, or names such as q_proj, in_proj_qkv, out_proj)")
+            raise ConfigError(
+                f"lora.target_modules: no linear module named {missing[0]!r} in the trainable blocks "
+                f"{trainable_blocks} (use auto, or names such as q_proj, in_proj_qkv, out_proj)"
+            )
     return out
 
 
@@ -67,7 +69,11 @@ def target_parameters(model: nn.Module, trainable_blocks: list[int], settings: L
     for i in trainable_blocks:
         for name, module in backbone(model).layers[i].named_modules():
             if name.rpartition(".")[2] == "experts":
-                out += [f"{block_list}.{i}.{name}.{p}" for p in EXPERT_PARAMETERS if isinstance(getattr(module, p, None), nn.Parameter)]
+                out += [
+                    f"{block_list}.{i}.{name}.{p}"
+                    for p in EXPERT_PARAMETERS
+                    if isinstance(getattr(module, p, None), nn.Parameter)
+                ]
     if not out:
         raise ConfigError(f"lora.experts=true but the trainable blocks {trainable_blocks} have no routed experts")
     return out
@@ -76,9 +82,14 @@ def target_parameters(model: nn.Module, trainable_blocks: list[int], settings: L
 def lora_config(model: nn.Module, settings: LoraSettings, trainable_blocks: list[int]) -> LoraConfig:
     """A ``LoraConfig`` naming every target in full. ``task_type="SEQ_CLS"`` puts ``score`` in
     ``modules_to_save`` (trained in full, saved with the adapter)."""
-    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=target_modules(model, trainable_blocks, settings),
-                      target_parameters=target_parameters(model, trainable_blocks, settings) or None, task_type="SEQ_CLS")
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=target_modules(model, trainable_blocks, settings),
+        target_parameters=target_parameters(model, trainable_blocks, settings) or None,
+        task_type="SEQ_CLS",
+    )
 
 
 @contextlib.contextmanager
@@ -88,7 +99,9 @@ def v5_native():
     # reaches every caller (get_peft_model, PeftModel.from_pretrained / load_adapter).
     saved = {name: getattr(conversion, name) for name in _CONVERSIONS}
     conversion.convert_peft_config_for_transformers = lambda peft_config, model, conversions: None
-    conversion.convert_peft_adapter_state_dict_for_transformers = lambda model, peft_config, adapter_state_dict, **k: adapter_state_dict
+    conversion.convert_peft_adapter_state_dict_for_transformers = lambda model, peft_config, adapter_state_dict, **k: (
+        adapter_state_dict
+    )
     try:
         yield
     finally:

@@ -15,8 +15,11 @@ from toptune.config import DEFAULT_MODEL_PATH, ConfigError, ModelConfig
 def is_local_path(name_or_path: str) -> bool:
     """A local path (existing, absolute, starting ``.`` or ``~``, or of three or more parts) rather than a
     hub id (``name`` or ``org/name``)."""
-    return (Path(name_or_path).expanduser().exists() or name_or_path.startswith(("/", ".", "~"))
-            or name_or_path.count("/") >= 2)
+    return (
+        Path(name_or_path).expanduser().exists()
+        or name_or_path.startswith(("/", ".", "~"))
+        or name_or_path.count("/") >= 2
+    )
 
 
 def base_checkpoint_num_blocks(name_or_path: str) -> int | None:

@@ -94,24 +94,39 @@ def pad_id(model_type: str) -> int:
 def _text_kwargs(spec: TinyQwenSpec) -> dict:
     """Config fields every family shares."""
     return dict(
-        vocab_size=vocab_size(spec), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=4096, initializer_range=spec.initializer_range,
-        bos_token_id=pad_id(spec.model_type), eos_token_id=pad_id(spec.model_type),
+        vocab_size=vocab_size(spec),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=4096,
+        initializer_range=spec.initializer_range,
+        bos_token_id=pad_id(spec.model_type),
+        eos_token_id=pad_id(spec.model_type),
         # Left unset on purpose, as in many Qwen3 hub configs: the loader must set it.
         pad_token_id=None,
     )
 
 
 def _moe_kwargs(spec: TinyQwenSpec) -> dict:
-    return dict(num_experts=spec.num_experts, num_experts_per_tok=spec.experts_per_token,
-                moe_intermediate_size=spec.moe_intermediate_size)
+    return dict(
+        num_experts=spec.num_experts,
+        num_experts_per_tok=spec.experts_per_token,
+        moe_intermediate_size=spec.moe_intermediate_size,
+    )
 
 
 def _linear_attention_kwargs(spec: TinyQwenSpec) -> dict:
     """Gated DeltaNet sizes (qwen3_next, qwen3_5): 2 key heads, 4 value heads of width 16."""
-    return dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-                linear_conv_kernel_dim=4, head_dim=spec.head_dim)
+    return dict(
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        head_dim=spec.head_dim,
+    )
 
 
 def _mrope(spec: TinyQwenSpec) -> dict:
@@ -119,14 +134,28 @@ def _mrope(spec: TinyQwenSpec) -> dict:
     the rotary half-width, ``head_dim // 8``."""
     half = max(spec.head_dim // 8, 1)
     section = [half - 2 * (half // 4), half // 4, half // 4]
-    return {"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.25,
-            "mrope_section": section, "mrope_interleaved": True}
+    return {
+        "rope_type": "default",
+        "rope_theta": 10_000_000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": section,
+        "mrope_interleaved": True,
+    }
 
 
 def _vision(spec: TinyQwenSpec) -> dict:
     """A one-block vision tower: present as on the hub, never loaded by toptune."""
-    return dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=spec.hidden_size,
-                patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64)
+    return dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=spec.hidden_size,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+    )
 
 
 def tiny_config(spec: TinyQwenSpec):
@@ -136,8 +165,13 @@ def tiny_config(spec: TinyQwenSpec):
     if t == "qwen3":
         return tf.Qwen3Config(head_dim=spec.head_dim, tie_word_embeddings=True, **text)
     if t == "qwen2":
-        return tf.Qwen2Config(tie_word_embeddings=True, use_sliding_window=True, sliding_window=spec.sliding_window,
-                              max_window_layers=spec.num_layers // 2, **text)
+        return tf.Qwen2Config(
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            sliding_window=spec.sliding_window,
+            max_window_layers=spec.num_layers // 2,
+            **text,
+        )
     if t == "qwen2_moe":
         return tf.Qwen2MoeConfig(shared_expert_intermediate_size=spec.intermediate_size, **_moe_kwargs(spec), **text)
     if t == "qwen3_moe":
@@ -146,17 +180,29 @@ def tiny_config(spec: TinyQwenSpec):
             head_dim=spec.head_dim, mlp_only_layers=[spec.num_layers - 1], **_moe_kwargs(spec), **text
         )
     if t == "qwen3_next":
-        return tf.Qwen3NextConfig(shared_expert_intermediate_size=spec.intermediate_size, **_moe_kwargs(spec),
-                                  **_linear_attention_kwargs(spec), **text)
+        return tf.Qwen3NextConfig(
+            shared_expert_intermediate_size=spec.intermediate_size,
+            **_moe_kwargs(spec),
+            **_linear_attention_kwargs(spec),
+            **text,
+        )
     if t == "qwen3_5":
-        return tf.Qwen3_5Config(text_config=dict(rope_parameters=_mrope(spec), **_linear_attention_kwargs(spec), **text),
-                                vision_config=_vision(spec))
+        return tf.Qwen3_5Config(
+            text_config=dict(rope_parameters=_mrope(spec), **_linear_attention_kwargs(spec), **text),
+            vision_config=_vision(spec),
+        )
     if t == "qwen3_5_moe":
         text.pop("intermediate_size")
         return tf.Qwen3_5MoeConfig(
-            text_config=dict(rope_parameters=_mrope(spec), shared_expert_intermediate_size=spec.intermediate_size,
-                             **_moe_kwargs(spec), **_linear_attention_kwargs(spec), **text),
-            vision_config=_vision(spec))
+            text_config=dict(
+                rope_parameters=_mrope(spec),
+                shared_expert_intermediate_size=spec.intermediate_size,
+                **_moe_kwargs(spec),
+                **_linear_attention_kwargs(spec),
+                **text,
+            ),
+            vision_config=_vision(spec),
+        )
     raise ValueError(f"model_type={t!r}: expected one of {', '.join(FAMILIES)}")
 
 
@@ -172,7 +218,9 @@ def build_random(spec: TinyQwenSpec):
     return tf.AutoModelForCausalLM.from_config(config)
 
 
-def write_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec(), tokenizer_dir: str | Path | None = None) -> Path:
+def write_tiny_qwen(
+    out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec(), tokenizer_dir: str | Path | None = None
+) -> Path:
     """Write a seeded random checkpoint of ``spec`` plus its family's offline Qwen tokenizer to ``out_dir``
     (copied from ``tokenizer_dir`` when given, else built)."""
     out_dir = Path(out_dir)
@@ -192,8 +240,11 @@ def ensure_tiny_qwen(out_dir: str | Path, spec: TinyQwenSpec = TinyQwenSpec()) -
     """Write the tiny checkpoint unless one of the same spec is already complete in ``out_dir``."""
     out_dir = Path(out_dir)
     marker = out_dir / "toptune_spec.json"
-    if not (marker.is_file() and json.loads(marker.read_text()) == asdict(spec)
-            and (out_dir / "model.safetensors").is_file()):
+    if not (
+        marker.is_file()
+        and json.loads(marker.read_text()) == asdict(spec)
+        and (out_dir / "model.safetensors").is_file()
+    ):
         write_tiny_qwen(out_dir, spec)
     return out_dir
 
@@ -206,8 +257,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--hidden", type=int, default=64, help="residual width (default 64)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    spec = TinyQwenSpec(model_type=a.model_type, num_layers=a.layers, hidden_size=a.hidden, intermediate_size=2 * a.hidden,
-                        seed=a.seed)
+    spec = TinyQwenSpec(
+        model_type=a.model_type, num_layers=a.layers, hidden_size=a.hidden, intermediate_size=2 * a.hidden, seed=a.seed
+    )
     out = write_tiny_qwen(a.out_dir, spec)
     print(f"wrote a tiny {a.model_type} ({a.layers} blocks, width {a.hidden}, seed {a.seed}) to {out}")
     return out

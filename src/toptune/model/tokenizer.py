@@ -64,7 +64,9 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 # all 33 with their ids). Its hub tokenizer.json marks them as Qwen3 does: the 12 tool / FIM / think
 # tags plain, every other token special (the audio / TTS ones included).
 _PLAIN_ADDED = frozenset(t for t, special in QWEN3_ADDED_TOKENS if not special)
-QWEN3_5_ADDED_TOKENS: tuple[tuple[str, bool], ...] = tuple((t, t not in _PLAIN_ADDED) for _, t in QWEN3_5_SPECIAL_TOKENS)
+QWEN3_5_ADDED_TOKENS: tuple[tuple[str, bool], ...] = tuple(
+    (t, t not in _PLAIN_ADDED) for _, t in QWEN3_5_SPECIAL_TOKENS
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,9 @@ def build_qwen_tokenizer(out_dir: str | Path, family: str = "qwen2") -> Path:
     backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in spec.added_tokens])
     first_id, size = backend.token_to_id(spec.added_tokens[0][0]), backend.get_vocab_size()
     if (first_id, size) != (spec.pad_id, spec.pad_id + len(spec.added_tokens)):
-        raise RuntimeError(f"{family}: <|endoftext|> got id {first_id} of {size}, expected {spec.pad_id}: vocabulary changed")
+        raise RuntimeError(
+            f"{family}: <|endoftext|> got id {first_id} of {size}, expected {spec.pad_id}: vocabulary changed"
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",

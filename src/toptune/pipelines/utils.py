@@ -13,8 +13,11 @@ def metric_items(values: Mapping[str, float], step: int = 0) -> dict[str, dict]:
 def metric_series(rows: Iterable[dict], step_key: str, keys: Iterable[str], prefix: str = "") -> dict[str, list[dict]]:
     """One history per key: ``{"<prefix><key>": [{"value": row[key], "step": row[step_key]}, …]}``."""
     rows = list(rows)
-    return {f"{prefix}{k}": [{"value": float(r[k]), "step": int(r[step_key])} for r in rows if k in r] for k in keys
-            if any(k in r for r in rows)}
+    return {
+        f"{prefix}{k}": [{"value": float(r[k]), "step": int(r[step_key])} for r in rows if k in r]
+        for k in keys
+        if any(k in r for r in rows)
+    }
 
 
 def id2label_from_json(label_map: dict[str, str]) -> dict[int, str]:

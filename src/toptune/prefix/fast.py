@@ -57,8 +57,9 @@ def _block(inner: Decoder, index: int) -> Qwen2DecoderLayer | Qwen3DecoderLayer:
 def block_inputs(inner: Decoder, hidden: Tensor, attention_mask: Tensor | None) -> BlockInputs:
     """Masks and rotary embeddings for hidden states ``hidden`` (B, T, D), as ``Qwen{2,3}Model`` builds them."""
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
-    kwargs = dict(config=inner.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                  cache=None, position_ids=position_ids)
+    kwargs = dict(
+        config=inner.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids
+    )
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if "sliding_attention" in getattr(inner.config, "layer_types", ()):
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
@@ -102,8 +103,16 @@ def last_block_at(inner: Decoder, hidden: Tensor, inputs: BlockInputs, pooled: T
         if inner.config._attn_implementation == "eager":
             mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, torch.finfo(q.dtype).min)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(inner.config._attn_implementation, eager_attention_forward)
-    out, _ = attention(attn, q, k, v, mask, dropout=attn.attention_dropout if attn.training else 0.0,
-                       scaling=attn.scaling, sliding_window=attn.sliding_window)  # (B, 1, H, hd)
+    out, _ = attention(
+        attn,
+        q,
+        k,
+        v,
+        mask,
+        dropout=attn.attention_dropout if attn.training else 0.0,
+        scaling=attn.scaling,
+        sliding_window=attn.sliding_window,
+    )  # (B, 1, H, hd)
     h = hidden[rows, pooled] + lora_linear(attn.o_proj, out.reshape(b, -1))  # (B, D)
     y = rms_norm(layer.post_attention_layernorm, h)
     return h + mlp(layer.mlp, y)  # (B, D)
@@ -112,8 +121,10 @@ def last_block_at(inner: Decoder, hidden: Tensor, inputs: BlockInputs, pooled: T
 def fast_supported(inner: Decoder) -> bool:
     """Qwen2 / Qwen3 dense blocks under the attention functions whose (B, 1, T, T) masks ``block_inputs``
     builds (``sdpa``, ``eager``); every other family, and flash / flex attention, take the stock view."""
-    return (inner.config.model_type in FAST_MODEL_TYPES
-            and getattr(inner.config, "_attn_implementation", "sdpa") in ("sdpa", "eager"))
+    return inner.config.model_type in FAST_MODEL_TYPES and getattr(inner.config, "_attn_implementation", "sdpa") in (
+        "sdpa",
+        "eager",
+    )
 
 
 def fused_block(inner: Decoder, hidden: Tensor, inputs: BlockInputs, index: int) -> Tensor:
@@ -133,14 +144,23 @@ def fused_block(inner: Decoder, hidden: Tensor, inputs: BlockInputs, index: int)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(inner.config._attn_implementation, eager_attention_forward)
-    out, _ = attention(attn, q, k, v, inputs.masks[inner.config.layer_types[index]],
-                       dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
-                       sliding_window=attn.sliding_window)  # (B, T, H, hd)
+    out, _ = attention(
+        attn,
+        q,
+        k,
+        v,
+        inputs.masks[inner.config.layer_types[index]],
+        dropout=attn.attention_dropout if attn.training else 0.0,
+        scaling=attn.scaling,
+        sliding_window=attn.sliding_window,
+    )  # (B, T, H, hd)
     h = hidden + lora_linear(attn.o_proj, out.reshape(b, t, -1))  # (B, T, D)
     return h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
 
 
-def run_top_fast(inner: Decoder, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int) -> Tensor:
+def run_top_fast(
+    inner: Decoder, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int
+) -> Tensor:
     """Final-normed hidden state (B, D) at the pooled tokens, from the state ``hidden`` (B, T, D) entering
     block ``first_trainable_block``: blocks fused, the last one at the pooled token only."""
     inputs = block_inputs(inner, hidden, attention_mask)

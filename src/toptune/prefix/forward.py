@@ -41,23 +41,33 @@ def run_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, firs
     """Hidden states (B, T, D) entering block ``first_trainable_block``, computed without recording a graph."""
     inner = backbone(model)
     with torch.no_grad():
-        hidden = run_view(block_view(inner, 0, first_trainable_block, final_norm=False), attention_mask,
-                          input_ids=input_ids)  # (B, T, D)
+        hidden = run_view(
+            block_view(inner, 0, first_trainable_block, final_norm=False), attention_mask, input_ids=input_ids
+        )  # (B, T, D)
     # detach: even with enable_input_require_grads (which marks the embedding output as requiring
     # grad), the top blocks start a fresh graph here.
     return hidden.detach()
 
 
-def run_top(model: nn.Module, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int,
-            fast: bool = False) -> Tensor:
+def run_top(
+    model: nn.Module,
+    hidden: Tensor,
+    attention_mask: Tensor,
+    pooled: Tensor,
+    first_trainable_block: int,
+    fast: bool = False,
+) -> Tensor:
     """Logits (B, C) from the state ``hidden`` (B, T, D) entering block ``first_trainable_block``; ``pooled``
     (B,) picks each example's token. ``fast`` (the cached epochs) runs Qwen2 / Qwen3 dense blocks through
     :mod:`toptune.prefix.fast`; every other case runs the top view's stock forward, so module hooks fire."""
     inner = backbone(model)
     if fast and fast_supported(inner) and first_trainable_block < len(inner.layers):
         return score_head(model)(run_top_fast(inner, hidden, attention_mask, pooled, first_trainable_block))
-    out = run_view(block_view(inner, first_trainable_block, len(inner.layers), final_norm=True), attention_mask,
-                   inputs_embeds=hidden)  # (B, T, D)
+    out = run_view(
+        block_view(inner, first_trainable_block, len(inner.layers), final_norm=True),
+        attention_mask,
+        inputs_embeds=hidden,
+    )  # (B, T, D)
     return score_head(model)(out[torch.arange(out.shape[0], device=out.device), pooled])  # (B, C)
 
 
@@ -67,8 +77,9 @@ def stock_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) ->
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int,
-                   mode: str = "no_grad") -> Tensor:
+def forward_logits(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, first_trainable_block: int, mode: str = "no_grad"
+) -> Tensor:
     """Classifier logits (B, C) with the prefix run per ``mode`` (``autograd`` = the stock forward)."""
     if mode == "autograd":
         return stock_logits(model, input_ids, attention_mask)

@@ -54,7 +54,11 @@ def _lora_parts(module: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tenso
     if module.disable_adapters or module.merged or len(active) != 1:
         return None
     name = active[0]
-    if name not in module.lora_A or name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(name):
+    if (
+        name not in module.lora_A
+        or name in getattr(module, "lora_variant", {})
+        or getattr(module, "use_dora", {}).get(name)
+    ):
         return None
     dropout = module.lora_dropout[name]
     if module.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 0) > 0:
@@ -94,4 +98,6 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
 
 def mlp(module: Qwen2MLP | Qwen3MLP, y: Tensor) -> Tensor:
     """A gated MLP ``down(act(gate(y)) · up(y))`` with each projection through :func:`lora_linear`."""
-    return lora_linear(module.down_proj, module.act_fn(lora_linear(module.gate_proj, y)) * lora_linear(module.up_proj, y))
+    return lora_linear(
+        module.down_proj, module.act_fn(lora_linear(module.gate_proj, y)) * lora_linear(module.up_proj, y)
+    )

@@ -46,8 +46,13 @@ class ForwardSplitCheck:
 
 
 @torch.no_grad()
-def check_forward_split(model: PeftModel | PreTrainedModel, input_ids: Tensor, attention_mask: Tensor,
-                        first_trainable_block: int, autocast=None) -> ForwardSplitCheck:
+def check_forward_split(
+    model: PeftModel | PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    first_trainable_block: int,
+    autocast=None,
+) -> ForwardSplitCheck:
     """Logits of the stock forward and of the forward split on one batch, in eval mode (no dropout); raises
     :class:`ForwardSplitMismatch` with one line naming the model type and the difference above tolerance."""
     was_training = model.training
@@ -60,11 +65,16 @@ def check_forward_split(model: PeftModel | PreTrainedModel, input_ids: Tensor, a
         model.train(was_training)
     config = model.config
     dtype = next(p for p in model.parameters()).dtype
-    check = ForwardSplitCheck(float((stock - forward_split).abs().max()), int(input_ids.shape[0]),
-                              TOLERANCE.get(dtype, 2e-2), config.model_type)
+    check = ForwardSplitCheck(
+        float((stock - forward_split).abs().max()),
+        int(input_ids.shape[0]),
+        TOLERANCE.get(dtype, 2e-2),
+        config.model_type,
+    )
     if not check.max_abs_logit_diff <= check.tolerance:  # also catches NaN
         raise ForwardSplitMismatch(
             f"the split forward differs from the stock forward of this {check.model_type} checkpoint by "
             f"{check.max_abs_logit_diff:.3g} (tolerance {check.tolerance:g}) on the first {check.rows} examples: "
-            "toptune cannot train it exactly")
+            "toptune cannot train it exactly"
+        )
     return check

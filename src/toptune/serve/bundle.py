@@ -33,8 +33,15 @@ EXAMPLES_FILE = "examples.json"
 """Valid rows of the training table (id and template columns), as JSON records."""
 BUNDLE_FORMAT = 1
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 """Files that define a tokenizer (with any ``*.tiktoken``): their hash is the tokenizer's identity."""
 
 
@@ -131,8 +138,12 @@ def base_identity(name_or_path: str, resolved: str | Path) -> dict:
     d = base_checkpoint_dir(str(resolved))
     if d is None:
         raise BundleError(f"model.name_or_path={name_or_path}: no local copy to hash")
-    return {"base_model": name_or_path, "base_model_type": str(read_config(d).get("model_type", "")),
-            "base_weights_sha256": weights_sha256(d), "tokenizer_sha256": tokenizer_sha256(d)}
+    return {
+        "base_model": name_or_path,
+        "base_model_type": str(read_config(d).get("model_type", "")),
+        "base_weights_sha256": weights_sha256(d),
+        "tokenizer_sha256": tokenizer_sha256(d),
+    }
 
 
 def _score_rows(weights: Path) -> int | None:
@@ -163,8 +174,11 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
     path = d / BUNDLE_FILE
     if not path.is_file():
         what = "an adapter" if kind == "adapter" else "a merged checkpoint"
-        raise BundleError(f"{d} is not {what} bundle ({BUNDLE_FILE} is missing): run `kedro run`"
-                          + (" then `kedro run --pipeline export`" if kind == "merged" else "") + " to make one")
+        raise BundleError(
+            f"{d} is not {what} bundle ({BUNDLE_FILE} is missing): run `kedro run`"
+            + (" then `kedro run --pipeline export`" if kind == "merged" else "")
+            + " to make one"
+        )
     try:
         raw = json.loads(path.read_text())
         raw["id2label"] = {int(k): v for k, v in raw["id2label"].items()}
@@ -172,26 +186,36 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
     except (ValueError, TypeError, KeyError) as e:
         raise BundleError(f"{path} is not a valid bundle manifest ({e})") from None
     if b.format != BUNDLE_FORMAT or b.kind != kind:
-        raise BundleError(f"{path}: a {b.kind} bundle of format {b.format}; expected a {kind} bundle of format {BUNDLE_FORMAT}")
+        raise BundleError(
+            f"{path}: a {b.kind} bundle of format {b.format}; expected a {kind} bundle of format {BUNDLE_FORMAT}"
+        )
     own = [d / ADAPTER_WEIGHTS] if kind == "adapter" else weight_files(d)
     if not all(p.is_file() for p in own):
         raise BundleError(f"{d} has no {ADAPTER_WEIGHTS}: the bundle is incomplete")
     if kind == "adapter":
         if files_sha256(own) != b.weights_sha256:
-            raise BundleError(f"{d}: {ADAPTER_WEIGHTS} is not the file {BUNDLE_FILE} was written with (weights hash differs)")
+            raise BundleError(
+                f"{d}: {ADAPTER_WEIGHTS} is not the file {BUNDLE_FILE} was written with (weights hash differs)"
+            )
         blocks = trainable_blocks(json.loads((d / "adapter_config.json").read_text()))
         if blocks != sorted(b.trainable_layers):
-            raise BundleError(f"{d}: adapter_config.json trains blocks {blocks}, {BUNDLE_FILE} says {b.trainable_layers}")
+            raise BundleError(
+                f"{d}: adapter_config.json trains blocks {blocks}, {BUNDLE_FILE} says {b.trainable_layers}"
+            )
     else:
         labels = {int(k): v for k, v in read_config(d).get("id2label", {}).items()}
         if labels != b.id2label:
-            raise BundleError(f"{d}: config.json labels {sorted(labels.values())} differ from {BUNDLE_FILE}'s "
-                              f"{sorted(b.id2label.values())}: the bundle is mixed; export again")
+            raise BundleError(
+                f"{d}: config.json labels {sorted(labels.values())} differ from {BUNDLE_FILE}'s "
+                f"{sorted(b.id2label.values())}: the bundle is mixed; export again"
+            )
         if tokenizer_sha256(d) != b.tokenizer_sha256:
             raise BundleError(f"{d}: the tokenizer files are not the ones {BUNDLE_FILE} was written with")
     rows = _score_rows(own[0]) if len(own) == 1 else None
     if rows is not None and rows != len(b.id2label):
-        raise BundleError(f"{d}: the score head has {rows} classes, {BUNDLE_FILE} has {len(b.id2label)}: the bundle is mixed")
+        raise BundleError(
+            f"{d}: the score head has {rows} classes, {BUNDLE_FILE} has {len(b.id2label)}: the bundle is mixed"
+        )
     return b
 
 
@@ -207,7 +231,9 @@ def check_base(bundle: Bundle, resolved: str | Path) -> None:
     if d is None:
         raise BundleError(f"base model {bundle.base_model} of the adapter is not on this machine")
     if weights_sha256(d) != bundle.base_weights_sha256:
-        raise BundleError(f"base model {bundle.base_model}: its weights changed since the adapter was trained "
-                          f"(hash {weights_sha256(d)[:12]} != {bundle.base_weights_sha256[:12]}); use that checkpoint or train again")
+        raise BundleError(
+            f"base model {bundle.base_model}: its weights changed since the adapter was trained "
+            f"(hash {weights_sha256(d)[:12]} != {bundle.base_weights_sha256[:12]}); use that checkpoint or train again"
+        )
     if tokenizer_sha256(d) != bundle.tokenizer_sha256:
         raise BundleError(f"base model {bundle.base_model}: its tokenizer files changed since the adapter was trained")

@@ -79,9 +79,15 @@ class MergedModel:
         return swap_dir(staged, out_dir)
 
 
-def merge_adapter(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], serving: ServingConfig,
-                  check_input_ids: list[list[int]] | None = None, atol: float = 1e-4,
-                  batch_size: int = 32) -> MergedModel:
+def merge_adapter(
+    base_path: str | Path,
+    adapter_dir: str | Path,
+    id2label: dict[int, str],
+    serving: ServingConfig,
+    check_input_ids: list[list[int]] | None = None,
+    atol: float = 1e-4,
+    batch_size: int = 32,
+) -> MergedModel:
     """Fold the adapter into the base weights (PEFT ``merge_and_unload``).
 
     With ``check_input_ids``, the merged model's logits on them are compared with the adapter model's
@@ -117,7 +123,14 @@ def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1
     texts = prepare_rows(examples, serving, "drop").texts[:check_rows] if check_rows and len(examples) else []
     check = encode(texts, load_tokenizer(base), adapter.max_length).input_ids if texts else None
     merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check_input_ids=check, atol=atol)
-    merged.bundle = dataclasses.replace(adapter, kind="merged", extra={
-        **adapter.extra, "merged_from_adapter_sha256": adapter.weights_sha256, "base_tokenizer_sha256": adapter.tokenizer_sha256})
+    merged.bundle = dataclasses.replace(
+        adapter,
+        kind="merged",
+        extra={
+            **adapter.extra,
+            "merged_from_adapter_sha256": adapter.weights_sha256,
+            "base_tokenizer_sha256": adapter.tokenizer_sha256,
+        },
+    )
     merged.examples = examples
     return merged

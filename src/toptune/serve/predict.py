@@ -70,7 +70,12 @@ class ServingConfig:
 def request_params(params: dict[str, Any] | None, defaults: dict[str, Any]) -> tuple[str, int]:
     """``(bad_rows, batch_size)`` of a pyfunc / REST request, over the model's defaults; a bad value
     fails naming it (``params.batch_size=-1 must be an integer >= 1``)."""
-    p = {"bad_rows": "error", "batch_size": 64, **defaults, **{k: v for k, v in (params or {}).items() if v is not None}}
+    p = {
+        "bad_rows": "error",
+        "batch_size": 64,
+        **defaults,
+        **{k: v for k, v in (params or {}).items() if v is not None},
+    }
     unknown = sorted(set(p) - {"bad_rows", "batch_size"})
     if unknown:
         raise ConfigError(f"params.{unknown[0]} is not a parameter of this model (bad_rows, batch_size)")
@@ -89,8 +94,13 @@ def _device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def logits_of(model: PreTrainedModel | PeftModel, input_ids: list[list[int]], pad_token_id: int, batch_size: int,
-              progress: bool = False) -> np.ndarray:
+def logits_of(
+    model: PreTrainedModel | PeftModel,
+    input_ids: list[list[int]],
+    pad_token_id: int,
+    batch_size: int,
+    progress: bool = False,
+) -> np.ndarray:
     """(N, C) float32 logits of the stock forward, in input order.
 
     Rows are batched by length (less padding), right-padded, and put back in order at the end.
@@ -107,7 +117,9 @@ def logits_of(model: PreTrainedModel | PeftModel, input_ids: list[list[int]], pa
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         b = collate([input_ids[i] for i in idx], [-1] * len(idx), pad_token_id)
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits  # (B, C)
+        logits = model(
+            input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+        ).logits  # (B, C)
         out[idx] = logits.float().cpu().numpy()
         bar.update(len(idx))
     bar.close()
@@ -144,18 +156,25 @@ def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> Predi
         if TEXT_COLUMN not in df.columns:
             raise DataValidationError(
                 f"the table lacks column '{missing[0]}' of the model's text template {template!r} and has no "
-                f"'{TEXT_COLUMN}' column (columns: {', '.join(df.columns) or 'none'})")
+                f"'{TEXT_COLUMN}' column (columns: {', '.join(df.columns) or 'none'})"
+            )
         template, source = "{" + TEXT_COLUMN + "}", f"'{TEXT_COLUMN}' column"
     if serving.id_column and serving.id_column in df.columns:
         ids = df[serving.id_column].astype(str)
     else:
         ids = pd.Series(df.index.astype(str), index=df.index)
-    reasons = bad_cell_reasons(df, DataConfig(text_template=template), need_label=False) if len(df) else pd.Series(dtype=object)
+    reasons = (
+        bad_cell_reasons(df, DataConfig(text_template=template), need_label=False)
+        if len(df)
+        else pd.Series(dtype=object)
+    )
     bad = reasons != ""
     if bad_rows == "error" and bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         kind, col = reasons.iloc[row].split(":", 1)
-        raise DataValidationError(f"row {row} (id {ids.iloc[row]}), column '{col}': {kind.replace('_', ' ')} (bad_rows=error)")
+        raise DataValidationError(
+            f"row {row} (id {ids.iloc[row]}), column '{col}': {kind.replace('_', ' ')} (bad_rows=error)"
+        )
     ok = df[~bad]
     counts = {"rows_in": len(df), "rows_predicted": len(ok)}
     for kind in ("empty_text", "non_string"):
@@ -184,7 +203,9 @@ class Predictor:
     def predict(self, rows: PredictRows, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
         """One output row per input row of ``rows``: id, predicted label, probability per class."""
         if not rows.texts:
-            return pd.DataFrame({c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()})
+            return pd.DataFrame(
+                {c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()}
+            )
         enc = encode(rows.texts, self.tokenizer, self.serving.max_length, ids=rows.ids)
         logits = logits_of(self.model, enc.input_ids, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
         probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
@@ -199,8 +220,9 @@ def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
     """Load a merged bundle (checked: labels, tokenizer, template) with transformers alone."""
     bundle = read_bundle(model_dir, "merged")
     families.register()  # a merged Qwen3.5 MoE classifier is toptune's own class
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True,
-                                                               trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
     tok = load_tokenizer(model_dir)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id

@@ -44,8 +44,9 @@ class Batches:
     """Index arrays → batches of tensors on the device, one per array, in order (may read ahead)."""
 
 
-def live_batches(enc: Encoded, batch_size: int, pad_token_id: int, shuffle: bool, seed: int,
-                 device: torch.device) -> Batches:
+def live_batches(
+    enc: Encoded, batch_size: int, pad_token_id: int, shuffle: bool, seed: int, device: torch.device
+) -> Batches:
     """Token batches of ``enc``, reshuffled per epoch with seed ``seed + epoch`` when ``shuffle``."""
 
     def load(indices: Iterable[np.ndarray]) -> Iterator[Batch]:

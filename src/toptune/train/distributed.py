@@ -150,8 +150,10 @@ def broadcast(obj: Any) -> Any:
 def check_divides(batch_size: int, name: str = "training.batch_size") -> None:
     """The global batch must split evenly over the processes."""
     if batch_size % world():
-        raise ConfigError(f"{name}={batch_size} does not divide by the {world()} processes of this job "
-                         f"(it is the global batch: each process takes {name} / {world()} examples)")
+        raise ConfigError(
+            f"{name}={batch_size} does not divide by the {world()} processes of this job "
+            f"(it is the global batch: each process takes {name} / {world()} examples)"
+        )
 
 
 def share(idx: np.ndarray) -> np.ndarray:

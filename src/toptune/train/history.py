@@ -42,8 +42,15 @@ class EvalResult:
     @property
     def macro_f1(self) -> float:
         """Mean F1 over every class of the head (scikit-learn; a class never predicted nor present counts 0)."""
-        return float(f1_score(self.labels, self.logits.argmax(-1), labels=list(range(self.logits.shape[1])),
-                              average="macro", zero_division=0))
+        return float(
+            f1_score(
+                self.labels,
+                self.logits.argmax(-1),
+                labels=list(range(self.logits.shape[1])),
+                average="macro",
+                zero_division=0,
+            )
+        )
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """``{prefix}loss``, ``{prefix}accuracy``, ``{prefix}macro_f1``."""
@@ -103,7 +110,12 @@ class LoopState:
         ``training.early_stopping_patience`` epochs back."""
         self.epoch, self.batch, self.epoch_losses, self.order_sha256 = epoch + 1, 0, [], None
         patience = cfg.early_stopping_patience or 0
-        if patience and self.best is not None and self.best.get("value") is not None and epoch - self.best["epoch"] >= patience:
+        if (
+            patience
+            and self.best is not None
+            and self.best.get("value") is not None
+            and epoch - self.best["epoch"] >= patience
+        ):
             self.finished = self.stopped_early = True
         if self.epoch >= cfg.epochs:
             self.finished = True
@@ -121,5 +133,11 @@ class LoopState:
             if self.stopped_early:
                 n = cfg.early_stopping_patience
                 reason += f"; stopped early: no improvement in {n} epoch{'s' if n != 1 else ''}"
-        return {"epoch": epoch, "metric": metric, "value": value, "epochs_run": len(self.epochs),
-                "stopped_early": self.stopped_early, "reason": reason}
+        return {
+            "epoch": epoch,
+            "metric": metric,
+            "value": value,
+            "epochs_run": len(self.epochs),
+            "stopped_early": self.stopped_early,
+            "reason": reason,
+        }

@@ -74,8 +74,14 @@ class Classifier:
         return self.model.config.pad_token_id
 
 
-def build_classifier(model_cfg: ModelConfig, lora: LoraSettings, id2label: dict[int, str], seed: int,
-                     device: str = "auto", tokenizer: PreTrainedTokenizerBase | None = None) -> Classifier:
+def build_classifier(
+    model_cfg: ModelConfig,
+    lora: LoraSettings,
+    id2label: dict[int, str],
+    seed: int,
+    device: str = "auto",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Classifier:
     """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks (under
     ``torchrun``, after joining the job's process group: the model goes to this process's device)."""
     distributed.init()
@@ -93,29 +99,49 @@ def check_forward_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
     measured difference, or :class:`toptune.prefix.selfcheck.ForwardSplitMismatch` naming the model type."""
     batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
     b = next(batches.load(batches.order(0)[:1]))
-    check = selfcheck.check_forward_split(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block,
-                                          autocast(clf.device))
+    check = selfcheck.check_forward_split(
+        clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block, autocast(clf.device)
+    )
     if not families.is_tested(check.model_type):
-        log.warning("model type %r is untested; its forward split check passed (max |Δlogit| %.2e on %d examples)",
-                    check.model_type, check.max_abs_logit_diff, check.rows)
+        log.warning(
+            "model type %r is untested; its forward split check passed (max |Δlogit| %.2e on %d examples)",
+            check.model_type,
+            check.max_abs_logit_diff,
+            check.rows,
+        )
     return check.as_dict()
 
 
-def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], decided_mode: PrefixMode | None = None,
-                   run_id: str | None = None, directory: str | Path = CHECKPOINT_DIR) -> tuple[TrainingConfig, Checkpoints]:
+def training_setup(
+    cfg: RunConfig,
+    clf: Classifier,
+    data: dict[str, Encoded],
+    decided_mode: PrefixMode | None = None,
+    run_id: str | None = None,
+    directory: str | Path = CHECKPOINT_DIR,
+) -> tuple[TrainingConfig, Checkpoints]:
     """The training parameters with ``prefix_mode`` decided, and the run's checkpoints (fingerprinted
     with the decided mode, ``run_id`` beside them). ``auto`` takes the mode of the checkpoint the run
     continues (another mode would take other steps), else ``decided_mode`` (the cache node's choice),
     else it is decided here."""
     training, world = cfg.training, distributed.world()
-    checkpoints = Checkpoints(Path(directory), fingerprint(cfg, world, clf.device.type, data), training.resume,
-                              training.checkpoint_every, run_id)
+    checkpoints = Checkpoints(
+        Path(directory),
+        fingerprint(cfg, world, clf.device.type, data),
+        training.resume,
+        training.checkpoint_every,
+        run_id,
+    )
     if training.prefix_mode == "auto":
         chosen = checkpoints.choose()  # under "auto" a checkpoint of either decided mode matches
         mode = chosen["fingerprint"]["params"]["training.prefix_mode"] if chosen else decided_mode or "auto"
         if chosen and decided_mode not in (None, mode):
-            log.info("training.prefix_mode auto: %s, as checkpoint %s was trained (measured now: %s)", mode,
-                     chosen["path"], decided_mode)
+            log.info(
+                "training.prefix_mode auto: %s, as checkpoint %s was trained (measured now: %s)",
+                mode,
+                chosen["path"],
+                decided_mode,
+            )
         training = dataclasses.replace(training, prefix_mode=mode)
         if mode == "auto":
             training, _ = resolve_prefix_mode(clf, data, training)
@@ -123,7 +149,9 @@ def training_setup(cfg: RunConfig, clf: Classifier, data: dict[str, Encoded], de
     return training, checkpoints
 
 
-def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoints: Checkpoints | None = None) -> TrainResult:
+def fit(
+    clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoints: Checkpoints | None = None
+) -> TrainResult:
     """Train on ``data['train']``, validating on ``data['val']`` each epoch, in ``cfg.prefix_mode`` (``auto``
     resolved here unless the caller already did); with ``checkpoints``, checkpointing and resuming as they
     say. The model ends with the best epoch's weights."""
@@ -133,7 +161,11 @@ def fit(clf: Classifier, data: dict[str, Encoded], cfg: TrainingConfig, checkpoi
         return fit_cached(clf, data, cfg, checkpoints=checkpoints)
     logits_fn = live_logits(clf.model, clf.first_trainable_block, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
-    val_b = live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device) if "val" in data else None
+    val_b = (
+        live_batches(data["val"], cfg.eval_batch_size, clf.pad_token_id, False, 0, clf.device)
+        if "val" in data
+        else None
+    )
     return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints)
 
 
@@ -153,5 +185,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def describe(clf: Classifier) -> dict[str, int | str]:
     """Flat facts about the model for logging: block split and parameter counts."""
-    return {"num_layers": clf.num_layers, "first_trainable_block": clf.first_trainable_block,
-            "trainable_layers": ",".join(map(str, clf.trainable_blocks)), **param_counts(clf.model)}
+    return {
+        "num_layers": clf.num_layers,
+        "first_trainable_block": clf.first_trainable_block,
+        "trainable_layers": ",".join(map(str, clf.trainable_blocks)),
+        **param_counts(clf.model),
+    }

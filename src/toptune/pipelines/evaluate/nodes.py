@@ -16,16 +16,27 @@ from toptune.train.recipe import Classifier, predict, softmax
 log = logging.getLogger(__name__)
 
 
-def evaluate(classifier: Classifier, tokenised: dict[str, Encoded], label_map: dict[str, str],
-             training: TrainingConfig) -> tuple[dict, dict, str, pd.DataFrame, object]:
+def evaluate(
+    classifier: Classifier, tokenised: dict[str, Encoded], label_map: dict[str, str], training: TrainingConfig
+) -> tuple[dict, dict, str, pd.DataFrame, object]:
     """Metrics on the test split: metrics.json, flat MLflow metrics, text report, predictions, confusion PNG."""
     id2label, test = id2label_from_json(label_map), tokenised["test"]
     ev = predict(classifier, test, training.eval_batch_size)
     metrics = classification_metrics(ev.logits, ev.labels, id2label)
     log.info("test accuracy %.4f, macro-F1 %.4f on %d examples", metrics["accuracy"], metrics["macro_f1"], len(test))
     probs = softmax(ev.logits)
-    preds = pd.DataFrame({"id": test.ids, "label": [id2label[i] for i in ev.labels],
-                          "predicted": [id2label[i] for i in probs.argmax(-1)],
-                          **{f"prob_{id2label[c]}": probs[:, c] for c in sorted(id2label)}})
-    return (metrics, metric_items(flat_metrics(metrics)), report_text(ev.logits, ev.labels, id2label), preds,
-            confusion_figure(ev.logits, ev.labels, id2label))
+    preds = pd.DataFrame(
+        {
+            "id": test.ids,
+            "label": [id2label[i] for i in ev.labels],
+            "predicted": [id2label[i] for i in probs.argmax(-1)],
+            **{f"prob_{id2label[c]}": probs[:, c] for c in sorted(id2label)},
+        }
+    )
+    return (
+        metrics,
+        metric_items(flat_metrics(metrics)),
+        report_text(ev.logits, ev.labels, id2label),
+        preds,
+        confusion_figure(ev.logits, ev.labels, id2label),
+    )

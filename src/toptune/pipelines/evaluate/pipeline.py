@@ -4,8 +4,13 @@ from toptune.pipelines.evaluate.nodes import evaluate
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([
-        Node(evaluate, ["classifier", "tokenised", "label_map", "params:training"],
-             ["metrics", "test_metrics", "classification_report", "test_predictions", "confusion_matrix_plot"],
-             name="evaluate_test"),
-    ])
+    return Pipeline(
+        [
+            Node(
+                evaluate,
+                ["classifier", "tokenised", "label_map", "params:training"],
+                ["metrics", "test_metrics", "classification_report", "test_predictions", "confusion_matrix_plot"],
+                name="evaluate_test",
+            ),
+        ]
+    )

@@ -26,17 +26,32 @@ from toptune.train.recipe import resolve_base_checkpoint
 log = logging.getLogger(__name__)
 
 
-def inspect_memory(tokenised: dict[str, Encoded], label_map: dict[str, str], model: ModelConfig, lora: LoraSettings,
-                   training: TrainingConfig, icfg: InspectConfig) -> tuple[dict, dict, Figure, Figure]:
+def inspect_memory(
+    tokenised: dict[str, Encoded],
+    label_map: dict[str, str],
+    model: ModelConfig,
+    lora: LoraSettings,
+    training: TrainingConfig,
+    icfg: InspectConfig,
+) -> tuple[dict, dict, Figure, Figure]:
     """Measure every mode on the first ``inspect.batch_size`` examples of ``inspect.split``; the report,
     its MLflow metrics and the two figures."""
     enc = tokenised[icfg.split]
     n = min(icfg.batch_size, len(enc))
     tok = load_tokenizer(resolve_base_checkpoint(model.name_or_path))
     batch = collate(enc.input_ids[:n], enc.labels[:n], tok.pad_token_id)
-    report = inspect_modes(model, lora, id2label_from_json(label_map), batch, training.seed,
-                           training.device, icfg.modes, cache_batch(tokenised, training, icfg.split, n),
-                           icfg.timing_repeats, tok)
+    report = inspect_modes(
+        model,
+        lora,
+        id2label_from_json(label_map),
+        batch,
+        training.seed,
+        training.device,
+        icfg.modes,
+        cache_batch(tokenised, training, icfg.split, n),
+        icfg.timing_repeats,
+        tok,
+    )
     report["batch"]["source"] = f"first {n} examples of the {icfg.split} split"
     report["seed_table"] = seed_table()
     report["table"] = format_table(report)

@@ -19,8 +19,17 @@ def predict(predict_input, merged_model: str, cfg: PredictConfig) -> tuple[pd.Da
     rows = prepare_rows(predict_input, predictor.serving, cfg.bad_rows)
     dropped = {k: v for k, v in rows.counts.items() if k.startswith("dropped_") and v}
     if dropped:
-        log.warning("predict: skipped %d of %d rows (%s; predict.bad_rows=drop)", sum(dropped.values()),
-                    rows.counts["rows_in"], ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in dropped.items()))
+        log.warning(
+            "predict: skipped %d of %d rows (%s; predict.bad_rows=drop)",
+            sum(dropped.values()),
+            rows.counts["rows_in"],
+            ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in dropped.items()),
+        )
     predictions = predictor.predict(rows, cfg.batch_size, progress=cfg.progress)
-    log.info("predict: %d rows in (texts from the %s) → %d predictions", rows.counts["rows_in"], rows.source, len(predictions))
+    log.info(
+        "predict: %d rows in (texts from the %s) → %d predictions",
+        rows.counts["rows_in"],
+        rows.source,
+        len(predictions),
+    )
     return predictions, metric_items(rows.counts)

@@ -4,6 +4,13 @@ from toptune.pipelines.predict.nodes import predict
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([
-        Node(predict, ["predict_input", "merged_model", "params:predict"], ["predictions", "predict_stats"], name="predict"),
-    ])
+    return Pipeline(
+        [
+            Node(
+                predict,
+                ["predict_input", "merged_model", "params:predict"],
+                ["predictions", "predict_stats"],
+                name="predict",
+            ),
+        ]
+    )

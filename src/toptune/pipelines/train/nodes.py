@@ -28,9 +28,15 @@ from toptune.train.recipe import (
 log = logging.getLogger(__name__)
 
 
-def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data: DataConfig, model: ModelConfig,
-                lora: LoraSettings, training: TrainingConfig,
-                prefix_cache: dict) -> tuple[Classifier, object, dict, dict, dict, dict]:
+def train_model(
+    tokenised: dict[str, Encoded],
+    label_map: dict[str, str],
+    data: DataConfig,
+    model: ModelConfig,
+    lora: LoraSettings,
+    training: TrainingConfig,
+    prefix_cache: dict,
+) -> tuple[Classifier, object, dict, dict, dict, dict]:
     """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (bundled as
     the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
     the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
@@ -42,39 +48,73 @@ def train_model(tokenised: dict[str, Encoded], label_map: dict[str, str], data: 
     clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
     facts = describe(clf)
     check = check_forward_split(clf, tokenised["train"], cfg.training.batch_size)
-    log.info("split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
-             check["max_abs_logit_diff"], check["rows"], check["tolerance"])
+    log.info(
+        "split check: stock vs split forward max |Δlogit| %.2e on %d examples (tolerance %g)",
+        check["max_abs_logit_diff"],
+        check["rows"],
+        check["tolerance"],
+    )
     run = mlflow.active_run()  # rank 0 only: the other processes do not track
-    training, checkpoints = training_setup(cfg, clf, tokenised, prefix_cache.get("prefix_mode"), run.info.run_id if run else None)
-    log.info("model: %s; prefix_mode=%s on %s, %d process(es)", facts, training.prefix_mode, clf.device, distributed.world())
+    training, checkpoints = training_setup(
+        cfg, clf, tokenised, prefix_cache.get("prefix_mode"), run.info.run_id if run else None
+    )
+    log.info(
+        "model: %s; prefix_mode=%s on %s, %d process(es)", facts, training.prefix_mode, clf.device, distributed.world()
+    )
     result = fit(clf, tokenised, training, checkpoints)
     if result.best is not None:
         log.info("kept epoch %d: %s", result.best["epoch"], result.best["reason"])
     train_history = {
         **metric_series(result.steps, "step", ["loss", "lr"]),
-        **metric_series(result.epochs, "epoch", ["train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"),
+        **metric_series(
+            result.epochs, "epoch", ["train_loss", "examples_per_second", "epoch_seconds"], prefix="epoch_"
+        ),
         **metric_items({"seconds": result.train_seconds}),
     }
     val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy", "val_macro_f1"])
     val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
     if result.best is not None and result.best["value"] is not None:  # the kept epoch's value, at its epoch
-        val_history[f"best_{result.best['metric']}"] = [{"value": float(result.best["value"]), "step": result.best["epoch"]}]
-    model_facts = metric_items({**{k: v for k, v in facts.items() if isinstance(v, int)},
-                                **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"}})
-    summary = {"model": facts, "device": str(clf.device), "processes": distributed.world(),
-               "prefix_mode": training.prefix_mode, "split_check": check, **dataclasses.asdict(result)}
+        val_history[f"best_{result.best['metric']}"] = [
+            {"value": float(result.best["value"]), "step": result.best["epoch"]}
+        ]
+    model_facts = metric_items(
+        {
+            **{k: v for k, v in facts.items() if isinstance(v, int)},
+            **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"},
+        }
+    )
+    summary = {
+        "model": facts,
+        "device": str(clf.device),
+        "processes": distributed.world(),
+        "prefix_mode": training.prefix_mode,
+        "split_check": check,
+        **dataclasses.asdict(result),
+    }
     return clf, clf.model, train_history, val_history, model_facts, summary
 
 
-def bundle_model(peft_model, label_map: dict[str, str], input_example: list[dict], data: DataConfig,
-                 model: ModelConfig, training: TrainingConfig) -> dict:
+def bundle_model(
+    peft_model,
+    label_map: dict[str, str],
+    input_example: list[dict],
+    data: DataConfig,
+    model: ModelConfig,
+    training: TrainingConfig,
+) -> dict:
     """The adapter bundle (see ``toptune.serve.bundle``): the trained PEFT model with what defines it (labels,
     template, token limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages
     it; the project hooks make it current only when the whole run succeeds."""
     run = mlflow.active_run()
-    bundle = Bundle(kind="adapter", id2label=id2label_from_json(label_map), text_template=data.text_template,
-                    max_length=training.max_length, id_column=data.id_column, label_column=data.label_column,
-                    trainable_layers=sorted(trainable_blocks(peft_model)),
-                    mlflow_run_id=run.info.run_id if run else None,
-                    **base_identity(model.name_or_path, resolve_base_checkpoint(model.name_or_path)))
+    bundle = Bundle(
+        kind="adapter",
+        id2label=id2label_from_json(label_map),
+        text_template=data.text_template,
+        max_length=training.max_length,
+        id_column=data.id_column,
+        label_column=data.label_column,
+        trainable_layers=sorted(trainable_blocks(peft_model)),
+        mlflow_run_id=run.info.run_id if run else None,
+        **base_identity(model.name_or_path, resolve_base_checkpoint(model.name_or_path)),
+    )
     return {"model": peft_model, "bundle": bundle, "examples": pd.DataFrame(input_example)}

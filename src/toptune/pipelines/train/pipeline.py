@@ -4,9 +4,27 @@ from toptune.pipelines.train.nodes import bundle_model, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([
-        Node(train_model, ["tokenised", "label_map", "params:data", "params:model", "params:lora", "params:training", "prefix_cache"],
-             ["classifier", "peft_model", "train_history", "val_history", "model_facts", "train_summary"], name="train_model"),
-        Node(bundle_model, ["peft_model", "label_map", "input_example", "params:data", "params:model", "params:training"],
-             "adapter", name="bundle_model"),
-    ])
+    return Pipeline(
+        [
+            Node(
+                train_model,
+                [
+                    "tokenised",
+                    "label_map",
+                    "params:data",
+                    "params:model",
+                    "params:lora",
+                    "params:training",
+                    "prefix_cache",
+                ],
+                ["classifier", "peft_model", "train_history", "val_history", "model_facts", "train_summary"],
+                name="train_model",
+            ),
+            Node(
+                bundle_model,
+                ["peft_model", "label_map", "input_example", "params:data", "params:model", "params:training"],
+                "adapter",
+                name="bundle_model",
+            ),
+        ]
+    )

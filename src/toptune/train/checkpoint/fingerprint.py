@@ -32,10 +32,17 @@ from toptune.data.tokens import Encoded, token_digest
 FORMAT = 1
 """Version of the checkpoint layout; a checkpoint of another version is not used."""
 
-IGNORED_PARAMS = frozenset({
-    "training.cache_dir", "training.checkpoint_every", "training.resume", "training.progress",
-    "training.eval_batch_size", "training.early_stopping_patience", "training.device",
-})
+IGNORED_PARAMS = frozenset(
+    {
+        "training.cache_dir",
+        "training.checkpoint_every",
+        "training.resume",
+        "training.progress",
+        "training.eval_batch_size",
+        "training.early_stopping_patience",
+        "training.device",
+    }
+)
 """Parameters that do not change the steps taken (``training.device`` is replaced by ``device``,
 the resolved device type)."""
 
@@ -82,8 +89,14 @@ def model_identity(name_or_path: str) -> str:
 
 def fingerprint(cfg: RunConfig, world: int, device_type: str, data: dict[str, Encoded] | None = None) -> dict:
     """The fingerprint of a run of ``cfg`` on ``world`` processes (``data`` None: not known yet)."""
-    return {"format": FORMAT, "params": relevant_params(cfg), "model": model_identity(cfg.model.name_or_path),
-            "data": token_digest(data, labels=True) if data is not None else None, "world": world, "device": device_type}
+    return {
+        "format": FORMAT,
+        "params": relevant_params(cfg),
+        "model": model_identity(cfg.model.name_or_path),
+        "data": token_digest(data, labels=True) if data is not None else None,
+        "world": world,
+        "device": device_type,
+    }
 
 
 def _short(v: object) -> object:
@@ -98,8 +111,12 @@ def fingerprint_diff(old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[s
     for key in sorted((set(old) | set(new)) - set(skip)):
         a, b = old.get(key), new.get(key)
         if key == "params" and isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k} changed ({a.get(k, 'unset')!r} → {b.get(k, 'unset')!r})" for k in sorted(set(a) | set(b))
-                    if a.get(k, "unset") != b.get(k, "unset") and not (k in DECIDED_AT_RUN and b.get(k) == DECIDED_AT_RUN[k])]
+            out += [
+                f"{k} changed ({a.get(k, 'unset')!r} → {b.get(k, 'unset')!r})"
+                for k in sorted(set(a) | set(b))
+                if a.get(k, "unset") != b.get(k, "unset")
+                and not (k in DECIDED_AT_RUN and b.get(k) == DECIDED_AT_RUN[k])
+            ]
         elif a != b:
             out.append(f"{key} changed ({_short(a)} → {_short(b)})")
     return out

@@ -31,8 +31,20 @@ from toptune.train.checkpoint.store import (
     write,
 )
 
-__all__ = ["CHECKPOINT_DIR", "KEEP", "Checkpoint", "CheckpointError", "Checkpoints", "Selection", "fingerprint",
-           "fingerprint_diff", "newest_first", "read", "refusal", "select"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "KEEP",
+    "Checkpoint",
+    "CheckpointError",
+    "Checkpoints",
+    "Selection",
+    "fingerprint",
+    "fingerprint_diff",
+    "newest_first",
+    "read",
+    "refusal",
+    "select",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +85,14 @@ class Selection:
         return self.checkpoint
 
 
-def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = None, skip: tuple[str, ...] = (),
-           also: Callable[[Checkpoint], list[str]] | None = None) -> Selection:
+def select(
+    directory: str | Path,
+    fp: dict,
+    resume: str,
+    run_id: str | None = None,
+    skip: tuple[str, ...] = (),
+    also: Callable[[Checkpoint], list[str]] | None = None,
+) -> Selection:
     """The checkpoint ``training.resume`` asks for (see the module docstring), compared with fingerprint
     ``fp`` (fields in ``skip`` left out) and, when given, refused for the reasons ``also`` finds (the
     tracking layer's: its MLflow run). The one place that chooses; the training and the tracking layer
@@ -88,8 +106,11 @@ def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = No
             return Selection(None, "refused", f"training.resume={resume}: {e}")
         reasons = refusal(ck, fp, skip=skip) + (also(ck) if also else [])
         if reasons:
-            return Selection(None, "refused", f"training.resume={resume}: refused, made for another configuration: "
-                                              f"{'; '.join(reasons)}")
+            return Selection(
+                None,
+                "refused",
+                f"training.resume={resume}: refused, made for another configuration: {'; '.join(reasons)}",
+            )
         return Selection(ck, "given")
     skipped: list[tuple[Checkpoint, str]] = []
     for ck in newest_first(directory):
@@ -98,8 +119,12 @@ def select(directory: str | Path, fp: dict, resume: str, run_id: str | None = No
             return Selection(ck, "newest_match", skipped=tuple(skipped))
         if run_id is not None and ck.meta.get("run_id") == run_id:
             # The tracking layer reopened this checkpoint's run: starting over in it would log every step twice.
-            return Selection(None, "refused", f"checkpoint {ck.path} of MLflow run {run_id} cannot continue it: "
-                                              f"{'; '.join(reasons)}; start a new run with training.resume=never")
+            return Selection(
+                None,
+                "refused",
+                f"checkpoint {ck.path} of MLflow run {run_id} cannot continue it: "
+                f"{'; '.join(reasons)}; start a new run with training.resume=never",
+            )
         skipped.append((ck, "; ".join(reasons)))
     return Selection(None, "none_match", skipped=tuple(skipped))
 
@@ -109,8 +134,11 @@ def rng_state() -> dict:
     numpy_state = np.random.get_state()
     assert isinstance(numpy_state, tuple)  # legacy=True, the default: (kind, keys, pos, has_gauss, gauss)
     kind, keys, pos, has_gauss, gauss = numpy_state
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -185,8 +213,13 @@ class Checkpoints:
                 if reasons:
                     raise CheckpointError(f"checkpoint {ck.path} cannot continue this run: {'; '.join(reasons)}")
                 state = ck.load_state()
-                log.info("resuming from checkpoint %s: epoch %d, step %d (MLflow run %s)", ck.path, meta["epoch"],
-                         ck.step, meta.get("run_id"))
+                log.info(
+                    "resuming from checkpoint %s: epoch %d, step %d (MLflow run %s)",
+                    ck.path,
+                    meta["epoch"],
+                    ck.step,
+                    meta.get("run_id"),
+                )
             except CheckpointError as e:
                 error = str(e)
         state, error = distributed.broadcast((state, error))

@@ -53,7 +53,9 @@ class Checkpoint:
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no {STATE}")
         if f.stat().st_size != self.meta["state_bytes"] or file_sha256(f) != self.meta["state_sha256"]:
-            raise CheckpointError(f"checkpoint {self.path}: {STATE} does not match its meta.json (truncated or altered)")
+            raise CheckpointError(
+                f"checkpoint {self.path}: {STATE} does not match its meta.json (truncated or altered)"
+            )
         return torch.load(f, map_location="cpu", weights_only=True)
 
 
@@ -70,8 +72,12 @@ def write(directory: Path, name: str, state: dict, meta: dict) -> Checkpoint:
     tmp = temp_path(final)
     tmp.mkdir()
     torch.save(state, tmp / STATE)
-    meta = {**meta, "state_bytes": (tmp / STATE).stat().st_size, "state_sha256": file_sha256(tmp / STATE),
-            "created": time.time()}
+    meta = {
+        **meta,
+        "state_bytes": (tmp / STATE).stat().st_size,
+        "state_sha256": file_sha256(tmp / STATE),
+        "created": time.time(),
+    }
     (tmp / META).write_text(json.dumps(meta, indent=1))
     # The same step written again after a resume holds the same state: the swap replaces it.
     return Checkpoint(swap_dir(tmp, final), meta)
