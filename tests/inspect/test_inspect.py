@@ -171,7 +171,8 @@ def test_estimate_scales_with_the_shapes():
     one = block_saved_bytes(s)
     assert block_saved_bytes(BlockShape(**{**s.__dict__, "batch": 16})) > 1.9 * one  # ~linear in B (mask: B·T²)
     assert estimate_top_k(s, 4, pooled_last_block=True) < estimate_top_k(s, 4, pooled_last_block=False) < 4 * one
-    assert 2 * 2**30 < estimate_top_k(s, 4, pooled_last_block=False) < 3 * 2**30  # the README's Qwen3-4B figure
+    # the Qwen3-4B figure of docs/design/inspector.md
+    assert 2 * 2**30 < estimate_top_k(s, 4, pooled_last_block=False) < 3 * 2**30
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Bad input, as a hostile user brings it: every case gets one clear line naming the parameter, column
-or file (and the fix), or a counted drop, never a wrong result without a word. README "Bad input"
+or file (and the fix), or a counted drop, never a wrong result without a word. docs/reference/errors.md
 lists the same cases.
 
 Most cases are pure checks on real objects (parameters, tables, files, bundles); the Kedro sessions at

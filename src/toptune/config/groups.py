@@ -71,7 +71,7 @@ class DataConfig:
             raise ConfigError("data.text_template must name at least one {column}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError("data.val_fraction + data.test_fraction must be < 0.9")
-        if self.sample_rows is not None and self.sample_rows <= 0:  # the README's bad-input table holds this line
+        if self.sample_rows is not None and self.sample_rows <= 0:  # docs/reference/errors.md holds this line
             raise ConfigError("data.sample_rows must be > 0 or null")
 
 

@@ -2,7 +2,7 @@
 :func:`parse_group` (one), the only places parameters are parsed.
 
 pydantic validates (:mod:`toptune.config.groups`); what it finds wrong becomes one line naming the parameter,
-in the words the README's bad-input table shows::
+in the words docs/reference/errors.md shows::
 
     unknown parameter group 'trainig' (did you mean 'training'?); known groups: data, export, …
     unknown parameter training.epoch (did you mean training.epochs?); known: batch_size, …
