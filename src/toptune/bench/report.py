@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: the chart is written to a file, never shown
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 BASELINES = ("hf_trainer", "hf_trainer_group_by_length", "autograd", "no_grad")
 
@@ -51,30 +52,32 @@ def parts(result: dict) -> list[tuple[str, dict]]:
     )
 
 
+def _table_row(r: dict, cache_seconds: float | None, has_mem: bool) -> dict:
+    """One run's row of :func:`format_table` ("-" where the run did not measure it)."""
+    row = {
+        "train s": round(r["train_seconds"], 2),
+        "epoch s (median)": round(statistics.median(r["epoch_seconds"]), 2),
+        "ex/s": round(r["examples_per_second"]),
+        "test acc": f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else "-",
+        "pad %": f"{100 * r['padding_fraction']:.1f}" if "padding_fraction" in r else "-",
+        "÷cache": f"{r['train_seconds'] / cache_seconds:.2f}x" if cache_seconds else "-",
+    }
+    if has_mem:
+        mem = r.get("peak_device_memory_bytes")
+        row["peak GiB"] = f"{mem / 2**30:.2f}" if mem else "-"
+    return row
+
+
 def format_table(result: dict) -> str:
-    """A fixed-width table of the runs, each run's end-to-end time relative to ``cache``."""
+    """A table of the runs (markdown), each run's end-to-end time relative to ``cache``."""
     lines = []
     for title, part in parts(result):
         runs = part["runs"]
         c = runs.get("cache", {}).get("train_seconds")
         has_mem = any("peak_device_memory_bytes" in r for r in runs.values())
         lines.append(f"bench {title} on {part['device']}".replace("  ", " "))
-        lines.append(
-            f"{'run':<28}{'train s':>9}{'epoch s (median)':>18}{'ex/s':>9}{'test acc':>10}{'pad %':>7}{'÷cache':>8}"
-            + (f"{'peak GiB':>10}" if has_mem else "")
-        )
-        for name, r in runs.items():
-            acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else "-"
-            pad = f"{100 * r['padding_fraction']:.1f}" if "padding_fraction" in r else "-"
-            ratio = f"{r['train_seconds'] / c:.2f}x" if c else "-"
-            line = (
-                f"{name:<28}{r['train_seconds']:>9.2f}{statistics.median(r['epoch_seconds']):>18.2f}"
-                f"{r['examples_per_second']:>9.0f}{acc:>10}{pad:>7}{ratio:>8}"
-            )
-            if has_mem:
-                mem = r.get("peak_device_memory_bytes")
-                line += f"{mem / 2**30:>10.2f}" if mem else f"{'-':>10}"
-            lines.append(line)
+        rows = {name: _table_row(r, c, has_mem) for name, r in runs.items()}
+        lines.append(pd.DataFrame.from_dict(rows, orient="index").to_markdown())
         if "cache" in runs:
             cr = runs["cache"]
             lines.append(

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from toptune.inspect.measure import block_keys, prefix_keys  # noqa: E402
@@ -25,25 +26,27 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
+def _table_row(m: dict, prefix: list[str]) -> dict:
+    """One measured mode's row of :func:`format_table`."""
+    return {
+        "saved MiB": round(mib(m["saved_bytes_total"]), 2),
+        "prefix MiB": round(mib(m["prefix_saved_bytes"]), 2),
+        "nodes": m["autograd_nodes"],
+        "prefix nodes": sum(m["autograd_nodes_by_block"].get(b, 0) for b in prefix),
+        "trainable": m["trainable_params"],
+        "frozen": m["frozen_params"],
+        "step s": round(m["step_seconds"], 3),
+        "cuda peak MiB": "not measured" if m["cuda_peak_bytes"] is None else f"{mib(m['cuda_peak_bytes']):.1f}",
+    }
+
+
 def format_table(report: dict) -> str:
     """A readable per-mode table (MiB saved, prefix share, nodes, parameters), ratio and estimate."""
     modes = report["modes"]
-    lines = [
-        f"{'mode':26s} {'saved MiB':>9s} {'prefix MiB':>10s} {'nodes':>6s} {'prefix nodes':>12s} "
-        f"{'trainable':>10s} {'frozen':>10s} {'step s':>7s} {'cuda peak MiB':>13s}"
-    ]
     prefix = prefix_keys(report) if report.get("model") else []
-    for name, m in modes.items():
-        if "skipped" in m:
-            lines.append(f"{name:26s} skipped: {m['skipped']}")
-            continue
-        pre_nodes = sum(m["autograd_nodes_by_block"].get(b, 0) for b in prefix)
-        peak = "not measured" if m["cuda_peak_bytes"] is None else f"{mib(m['cuda_peak_bytes']):.1f}"
-        lines.append(
-            f"{name:26s} {mib(m['saved_bytes_total']):9.2f} {mib(m['prefix_saved_bytes']):10.2f} "
-            f"{m['autograd_nodes']:6d} {pre_nodes:12d} {m['trainable_params']:10d} {m['frozen_params']:10d} "
-            f"{m['step_seconds']:7.3f} {peak:>13s}"
-        )
+    rows = {name: _table_row(m, prefix) for name, m in modes.items() if "skipped" not in m}
+    lines = [pd.DataFrame.from_dict(rows, orient="index").to_markdown()] if rows else []
+    lines += [f"{name}: skipped: {m['skipped']}" for name, m in modes.items() if "skipped" in m]
     r = report.get("ratios", {})
     if "topk_no_grad_over_lora_all" in r:
         lines.append(
