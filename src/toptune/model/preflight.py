@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toptune.config import DEFAULT_MODEL_PATH, ConfigError, ModelConfig
+from toptune.serve.bundle import BundleError, base_checkpoint_dir, read_config, weight_files
 
 
 def is_local_path(name_or_path: str) -> bool:
@@ -29,15 +30,8 @@ def base_checkpoint_num_blocks(name_or_path: str) -> int | None:
     Fails naming ``model.name_or_path`` for a local path that does not exist, has no ``config.json``,
     or has only pickle weights (toptune loads safetensors only).
     """
-    from toptune.serve.bundle import (
-        BundleError,
-        base_checkpoint_dir,
-        read_config,
-        weight_files,
-    )
-
     if Path(name_or_path) == Path(DEFAULT_MODEL_PATH) and not (Path(name_or_path) / "config.json").is_file():
-        from toptune.model.tiny import TinyQwenSpec
+        from toptune.model.tiny import TinyQwenSpec  # heavy: torch and transformers, for the embedded default only
 
         return TinyQwenSpec().num_layers  # the embedded default, written on first use
     local = base_checkpoint_dir(name_or_path)
