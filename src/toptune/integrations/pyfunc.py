@@ -46,14 +46,8 @@ class ToptuneClassifierModel(PythonModel):
         try:
             bad_rows, batch_size = request_params(params, self.defaults)
             rows = prepare_rows(model_input, self.predictor.serving, bad_rows)
-            dropped = {k: v for k, v in rows.counts.items() if k.startswith("dropped_") and v}
-            if dropped:
-                log.warning(
-                    "skipped %d of %d rows (%s; bad_rows=drop)",
-                    sum(dropped.values()),
-                    rows.counts["rows_in"],
-                    ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in dropped.items()),
-                )
+            if skipped := rows.skipped("bad_rows=drop"):
+                log.warning("%s", skipped)
             return self.predictor.predict(rows, batch_size)
         except (DataValidationError, ConfigError) as e:
             # A bad request, not a server fault: the REST server answers 400 with this message.

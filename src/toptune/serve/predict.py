@@ -137,6 +137,14 @@ class PredictRows:
     source: str
     """What the texts were built from: ``template columns`` or ``'text' column``."""
 
+    def skipped(self, policy: str) -> str | None:
+        """``skipped N of M rows (<reason>=<count>, …; <policy>)``, or None when no row was dropped."""
+        dropped = {k.removeprefix("dropped_"): v for k, v in self.counts.items() if k.startswith("dropped_") and v}
+        if not dropped:
+            return None
+        reasons = ", ".join(f"{k}={v}" for k, v in dropped.items())
+        return f"skipped {sum(dropped.values())} of {self.counts['rows_in']} rows ({reasons}; {policy})"
+
 
 def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> PredictRows:
     """Validate and serialise the rows of ``table`` (pandas or Hugging Face dataset) for prediction.

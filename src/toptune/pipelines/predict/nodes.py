@@ -17,14 +17,8 @@ def predict(predict_input, merged_model: str, cfg: PredictConfig) -> tuple[pd.Da
     """Serialise each row with the bundle's template, classify in batches; bad rows per ``predict.bad_rows``."""
     predictor = load_predictor(merged_model, cfg.device)
     rows = prepare_rows(predict_input, predictor.serving, cfg.bad_rows)
-    dropped = {k: v for k, v in rows.counts.items() if k.startswith("dropped_") and v}
-    if dropped:
-        log.warning(
-            "predict: skipped %d of %d rows (%s; predict.bad_rows=drop)",
-            sum(dropped.values()),
-            rows.counts["rows_in"],
-            ", ".join(f"{k.removeprefix('dropped_')}={v}" for k, v in dropped.items()),
-        )
+    if skipped := rows.skipped("predict.bad_rows=drop"):
+        log.warning("predict: %s", skipped)
     predictions = predictor.predict(rows, cfg.batch_size, progress=cfg.progress)
     log.info(
         "predict: %d rows in (texts from the %s) → %d predictions",
