@@ -17,10 +17,6 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP
 
 
-def _call(module: nn.Module, x: Tensor) -> Tensor:
-    return module(x)
-
-
 class _LoraLinear(torch.autograd.Function):
     """``y = x Wᵀ + b + s·(x Aᵀ) Bᵀ`` with ``W``, ``b`` frozen; gradients for ``x`` (if needed), ``A``, ``B``."""
 
