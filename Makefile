@@ -20,7 +20,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: run test test-fast lint bench bench-scale venv data clean mlflow-server
+.PHONY: run test test-fast lint bench bench-scale bench-data venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -54,6 +54,10 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m toptune.integrations.bench_scale
+
+# The data step at 62,500 and 1,000,000 rows (BENCH_DATA_ARGS="--cached-epoch" adds a cache build and epoch).
+bench-data: $(STAMP)
+	$(PY) -m toptune.integrations.bench_data $(BENCH_DATA_ARGS)
 
 mlflow-server: $(STAMP)
 	$(PY) scripts/mlflow_server.py --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)

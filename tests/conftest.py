@@ -90,19 +90,20 @@ def reference_run(tiny_qwen3, tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def data(tokenizer):
     """60 rows of the bundled table, encoded: train 36, val 12, test 12 (the cache tests' splits)."""
+    import numpy as np
     import pandas as pd
 
     from support.classifiers import ID2LABEL
     from toptune.config import DataConfig
-    from toptune.data.table import prepare_table
-    from toptune.data.tokens import Encoded, encode
+    from toptune.data.prepare import texts_table
+    from toptune.data.tokens import encode
 
-    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig()).table
+    table = texts_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(60), DataConfig())[0]
     label2id = {v: k for k, v in ID2LABEL.items()}
     enc = encode(table["text"].tolist(), tokenizer, 64, [label2id[x] for x in table["label"]], table["id"].tolist())
 
     def part(a, b):
-        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
+        return enc.take(np.arange(a, b))
 
     return {"train": part(0, 36), "val": part(36, 48), "test": part(48, 60)}
 

@@ -30,7 +30,7 @@ from toptune.cache import (
     prepare_cache,
 )
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig, parse_params
-from toptune.data.batches import batch_indices, collate
+from toptune.data.batches import batch_indices, rows_batch
 from toptune.model.load import backbone
 from toptune.prefix.forward import run_prefix
 from toptune.train.recipe import build_classifier, fit, predict
@@ -59,7 +59,7 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
         np.testing.assert_array_equal(again.lengths(name), data[name].lengths())
     # Stored rows are the live prefix's hidden states of each example, unpadded.
     enc = data["val"]
-    b = collate(enc.input_ids, enc.labels, clf.pad_token_id)
+    b = rows_batch(enc, np.arange(len(enc)), clf.pad_token_id)
     live = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block)
     rows = live[b["attention_mask"].bool()]
     torch.testing.assert_close(stored_rows(again, "val", enc), rows, atol=1e-5, rtol=0)
@@ -73,7 +73,7 @@ def variants(clf, data, cfg, tiny_qwen3, tokenizer):
     tok = copy.deepcopy(tokenizer)
     tok.add_tokens(["<toptune-new-token>"])
     changed = copy.deepcopy(data)
-    changed["train"].input_ids[3] = [changed["train"].input_ids[3][0] + 1] + changed["train"].input_ids[3][1:]
+    changed["train"].tokens[changed["train"].offsets[3]] += 1  # one token of one row
     return {
         "model_weights": (heavier, data, cfg),
         "first_trainable_block": (classifier(tiny_qwen3, k=3), data, cfg),

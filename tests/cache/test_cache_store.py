@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.cache import config, stored_rows
+from support.cache import ReadWatch, config, stored_rows
 from support.classifiers import classifier
 from toptune.cache import (
     CacheDiskFull,
@@ -113,7 +113,7 @@ def test_interrupted_build_resumes_from_complete_shards(tiny_qwen3, data, tmp_pa
     fp, path = fingerprint(clf, data, cfg), tmp_path / "cache"
     seen: list[int] = []  # complete shards at each read of an example's tokens
 
-    class CtrlCAfterTwoShards(list):
+    class CtrlCAfterTwoShards(ReadWatch):
         """Token ids that raise KeyboardInterrupt — what Ctrl-C raises in the main thread — when the build
         reads them after two shards are complete: mid-build on every machine, however fast. Not a real
         SIGINT: a test run started in the background by a non-interactive shell inherits SIGINT ignored,
@@ -125,7 +125,7 @@ def test_interrupted_build_resumes_from_complete_shards(tiny_qwen3, data, tmp_pa
                 raise KeyboardInterrupt
             return super().__getitem__(i)
 
-    interrupted = {k: dataclasses.replace(v, input_ids=CtrlCAfterTwoShards(v.input_ids)) for k, v in data.items()}
+    interrupted = {k: dataclasses.replace(v, tokens=CtrlCAfterTwoShards(v.tokens)) for k, v in data.items()}
     try:
         build_cache(clf, interrupted, cfg, path, fp, progress=False, shard_bytes=SHARD)
     except KeyboardInterrupt:
@@ -172,12 +172,13 @@ out, data = Path(out), pickle.load(open(data_file, "rb"))
 clf = build_classifier(ModelConfig(name_or_path=checkpoint, trainable_layers=2), LoraSettings(r=4, alpha=8),
                        {0: "negative", 1: "neutral", 2: "positive"}, seed=0, device="cpu")
 # kill -9 when the build reads tokens once a shard is complete and the next one's file is open
-class KillMidShard(list):
+from support.cache import ReadWatch
+class KillMidShard(ReadWatch):
     def __getitem__(self, i):
         if list(out.glob("*.done.json")) and list(out.glob(".*.bin.tmp-*")):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().__getitem__(i)
-data = {k: dataclasses.replace(v, input_ids=KillMidShard(v.input_ids)) for k, v in data.items()}
+data = {k: dataclasses.replace(v, tokens=KillMidShard(v.tokens)) for k, v in data.items()}
 build_cache(clf, data, TrainingConfig(progress=False), out, progress=False, shard_bytes=int(shard))
 """
 
@@ -292,14 +293,15 @@ from support.cache import ROOT, anon_growth, config
 from support.classifiers import ID2LABEL, classifier
 from toptune.cache import fit_cached, prepare_cache
 from toptune.config import DataConfig
-from toptune.data.table import prepare_table
-from toptune.data.tokens import Encoded, encode
+import numpy as np
+from toptune.data.prepare import texts_table
+from toptune.data.tokens import encode
 checkpoint, rows, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 clf = classifier(checkpoint, k=1)
-table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv"), DataConfig()).table.head(rows)
+table = texts_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv"), DataConfig())[0].head(rows)
 label2id = {v: k for k, v in ID2LABEL.items()}
 enc = encode(table["text"].tolist(), clf.tokenizer, 64, [label2id[x] for x in table["label"]], table["id"].tolist())
-data = {"train": enc, "val": Encoded(enc.ids[:64], enc.input_ids[:64], enc.labels[:64], 0)}
+data = {"train": enc, "val": enc.take(np.arange(64))}
 cfg = config(__import__("pathlib").Path(out), epochs=1, batch_size=16, eval_batch_size=16)
 with anon_growth() as build:
     cache = prepare_cache(clf, data, cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,8 +21,8 @@ from toptune.config import (
     TrainingConfig,
     parse_group,
 )
-from toptune.data.batches import collate
-from toptune.data.tokens import Encoded, encode
+from toptune.data.batches import rows_batch
+from toptune.data.tokens import encode
 from toptune.inspect import (
     MODES,
     BlockShape,
@@ -71,7 +72,7 @@ def test_seed_table_facts():
 
 def batch_of(tokenizer, texts=TEXTS, labels=(0, 1, 2, 0)):
     enc = encode(list(texts), tokenizer, 64, labels=list(labels))
-    return collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
+    return rows_batch(enc, np.arange(len(enc)), tokenizer.pad_token_id)
 
 
 @pytest.fixture(
@@ -180,12 +181,12 @@ def test_cached_mode_reads_the_real_prefix_cache(tiny_qwen3, tokenizer, tmp_path
     enc = encode(TEXTS, tokenizer, 64, labels=[0, 1, 2, 0])
     data = {
         "train": enc,
-        "val": Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2], 0),
-        "test": Encoded(enc.ids[2:], enc.input_ids[2:], enc.labels[2:], 0),
+        "val": enc.take(np.arange(2)),
+        "test": enc.take(np.arange(2, len(enc))),
     }
     cfg = TrainingConfig(prefix_mode="cache", cache_dir=str(tmp_path / "cache"), max_length=64, progress=False)
     model_cfg = ModelConfig(name_or_path=str(tiny_qwen3), trainable_layers=2)
-    batch = collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
+    batch = rows_batch(enc, np.arange(len(enc)), tokenizer.pad_token_id)
 
     def run(stored):
         return inspect_modes(

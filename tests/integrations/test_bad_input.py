@@ -32,9 +32,11 @@ from safetensors.torch import load_file, save_file
 from support.export import make_export, raw_rows, use_store
 from support.project import make_project, nested, run
 from toptune.config import STRICT, ConfigError, DataConfig, ModelConfig, parse_group, parse_params
-from toptune.data.table import DataValidationError, prepare_table, split_table
+from toptune.data.prepare import texts_table
+from toptune.data.split import split_rows
+from toptune.data.table import DataValidationError
 from toptune.data.tokens import encode
-from toptune.evaluate.health import short_text_warnings, training_warnings
+from toptune.evaluate.health import dropped_rows_warnings, short_text_warnings, training_warnings
 from toptune.integrations.cli import one_line
 from toptune.integrations.guards import mark_dead_runs
 from toptune.io.atomic import temp_path
@@ -50,7 +52,12 @@ from toptune.serve.predict import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = DataConfig(text_template="Product: {product}\nReview: {review}", label_column="sentiment", min_class_rows=3)
+CFG = DataConfig(  # blank cells drop their row: the bad-row cases below
+    text_template="Product: {product}\nReview: {review}",
+    label_column="sentiment",
+    min_class_rows=3,
+    missing_fields="drop",
+)
 
 
 def table(n_per_class: int = 10) -> pd.DataFrame:
@@ -178,13 +185,13 @@ def test_integer_labels_with_a_blank_stay_as_written(tmp_path):
     df.to_csv(tmp_path / "t.csv", index=False)
     raw = pd.read_csv(tmp_path / "t.csv")
     assert raw["sentiment"].dtype == float  # what pandas makes of it
-    prepared = prepare_table(raw, CFG)
-    assert sorted(prepared.table["label"].unique()) == ["1", "2", "3"] and prepared.quality["dropped_nan_label"] == 1
+    kept, quality = texts_table(raw, CFG)
+    assert sorted(kept["label"].unique()) == ["1", "2", "3"] and quality["dropped_nan_label"] == 1
 
 
 def test_text_labels_are_kept_as_written():
     df = table().assign(sentiment=lambda d: d["sentiment"].map({"negative": "01", "neutral": "02", "positive": "10"}))
-    assert sorted(prepare_table(df, CFG).table["label"].unique()) == ["01", "02", "10"]
+    assert sorted(texts_table(df, CFG)[0]["label"].unique()) == ["01", "02", "10"]
 
 
 def test_numbers_in_a_mostly_numeric_text_column_are_dropped_in_training_and_predict_alike():
@@ -192,8 +199,8 @@ def test_numbers_in_a_mostly_numeric_text_column_are_dropped_in_training_and_pre
     numeric = list(range(0, 30, 3)) + list(range(1, 30, 3))  # 20 of 30 cells are numbers
     for i in numeric:
         df.loc[i, "review"] = 12345 + i
-    prepared = prepare_table(df, CFG)
-    assert prepared.quality["dropped_non_string"] == 20 and not prepared.table["text"].str.contains("12345").any()
+    kept, quality = texts_table(df, CFG)
+    assert quality["dropped_non_string"] == 20 and not kept["text"].str.contains("12345").any()
     rows = prepare_rows(df, ServingConfig(CFG.text_template, 32, "id"), "drop")
     assert rows.counts["dropped_non_string"] == 20 and len(rows.texts) == 10
 
@@ -205,24 +212,26 @@ def test_a_template_column_without_text_names_the_catalog_fix():
         match=r"column 'review' of data.text_template holds no text \(int64 values\).*"
         r"load_args: \{dtype: \{review: str\}\}",
     ):
-        prepare_table(df, CFG)
+        texts_table(df, CFG)
 
 
 def test_every_drop_is_counted_sample_rows_cap_included():
     df = pd.concat([table(20), table(20).iloc[[0, 1]]], ignore_index=True)  # 62 rows: 2 duplicates
     df.loc[5, "review"] = None  # 1 empty text
-    q = prepare_table(df, dataclasses.replace(CFG, sample_rows=30)).quality
+    q = texts_table(df, dataclasses.replace(CFG, sample_rows=30))[1]
     assert (q["dropped_duplicates"], q["dropped_empty_text"]) == (2, 1)
     assert q["dropped_sample_rows"] == (62 - 2 - 1) - 30 and q["rows_valid"] == 30  # 10 per class
     assert q["rows_in"] == q["rows_valid"] + sum(v for k, v in q.items() if k.startswith("dropped_"))
 
 
 def test_split_too_small_for_the_fractions_names_the_fraction():
-    small = prepare_table(table(10), dataclasses.replace(CFG, test_fraction=0.05)).table
+    small = texts_table(table(10), dataclasses.replace(CFG, test_fraction=0.05))[0]
+    names = sorted(small["label"].unique())
+    codes = small["label"].map(names.index).to_numpy()
     with pytest.raises(
         DataValidationError, match=re.escape("data.test_fraction=0.05 of 30 valid rows gives 2 test rows for 3 classes")
     ):
-        split_table(small, dataclasses.replace(CFG, test_fraction=0.05), seed=0)
+        split_rows(codes, dataclasses.replace(CFG, test_fraction=0.05), 0, names)
 
 
 @pytest.mark.parametrize(
@@ -243,14 +252,22 @@ def test_split_too_small_for_the_fractions_names_the_fraction():
 )
 def test_unusable_table_is_one_line(df, cfg, message):
     with pytest.raises(DataValidationError, match=re.escape(message)):
-        prepare_table(df, cfg)
+        texts_table(df, cfg)
 
 
 # --- 4. a run that "succeeds" at nothing says so ----------------------------------------------
 
 
+def test_rows_dropped_beyond_a_share_warn_naming_each_reason():
+    q = {"rows_in": 1975, "dropped_empty_text": 928, "dropped_duplicates": 3, "dropped_sample_rows": 900}
+    (message,) = dropped_rows_warnings(q).values()
+    assert message.startswith("empty_text 928 (47.0%) of 1975 rows were dropped")
+    assert "duplicates" not in message and "sample_rows" not in message  # 0.2 %; and the cap is asked for
+    assert dropped_rows_warnings({"rows_in": 100, "dropped_nan_label": 5}) == {}  # 5 % is not more than 5 %
+
+
 def test_texts_cut_to_one_token_warn(tokenizer):
-    texts = prepare_table(table(), CFG).table["text"].tolist()
+    texts = texts_table(table(), CFG)[0]["text"].tolist()
     enc = encode(texts, tokenizer, max_length=1)
     (message,) = short_text_warnings({"train": (len(enc), enc.truncated)}, 1, 4, 0.1).values()
     assert "30 of 30 texts are cut to 1 token(s) by training.max_length=1" in message
@@ -414,7 +431,7 @@ def test_catalog_holds_no_pickle():
     assert "TokenisedDataset" in " ".join(types)
 
 
-def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
+def test_tokenised_splits_round_trip_through_the_store(tmp_path, tokenizer):
     from toptune.integrations.datasets import TokenisedDataset
 
     splits = {
@@ -423,8 +440,22 @@ def test_tokenised_splits_round_trip_through_parquet(tmp_path, tokenizer):
     }
     ds = TokenisedDataset(str(tmp_path / "tokenised"))
     ds.save(splits)
-    assert sorted(p.name for p in (tmp_path / "tokenised").iterdir()) == ["train.parquet", "val.parquet"]
-    assert ds.load() == splits and splits["train"].truncated == 1
+    assert sorted(p.name for p in (tmp_path / "tokenised").iterdir()) == ["store.json", "train", "val"]
+    assert sorted(p.name for p in (tmp_path / "tokenised" / "train").iterdir()) == [
+        "ids.arrow",
+        "labels.int32",
+        "offsets.int64",
+        "tokens.int32",
+    ]  # raw arrays and Arrow: nothing executes on load
+    back = ds.load()
+    for name, enc in splits.items():
+        got = back[name]
+        assert isinstance(got.tokens, np.memmap) and got.id_list() == enc.id_list() and got.truncated == enc.truncated
+        np.testing.assert_array_equal(got.offsets, enc.offsets)
+        np.testing.assert_array_equal(got.tokens, enc.tokens)
+        np.testing.assert_array_equal(got.labels, enc.labels)
+        assert got.digest == enc.tokens_digest()  # stored while writing = computed from the arrays
+    assert splits["train"].truncated == 1
 
 
 # --- 8. faults leave no debris; one run at a time --------------------------------------------------

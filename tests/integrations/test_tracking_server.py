@@ -161,7 +161,7 @@ def test_missing_or_wrong_credentials_are_refused_before_any_node(server, projec
         run_in_server_env(project, tiny)
     assert refused.value.message == f"MLflow tracking server {server['url']}: {cause}"
     assert len(server_runs(server["url"])) == before
-    assert not (project / "data/03_primary/texts.parquet").exists()  # no node ran
+    assert not (project / "data/04_feature/tokenised").exists()  # no node ran
 
 
 def test_second_user_cannot_write_to_the_first_users_experiment(server, project, tiny, monkeypatch):
@@ -183,7 +183,7 @@ def test_second_user_cannot_write_to_the_first_users_experiment(server, project,
         "may not write to experiment 'toptune' (its creator or an admin can grant EDIT)"
     )
     assert len(server_runs(server["url"])) == before
-    assert not (project / "data/03_primary/texts.parquet").exists()
+    assert not (project / "data/04_feature/tokenised").exists()
 
     as_user(monkeypatch, ALICE)  # the remedy the message names: her EDIT grant lets bob write
     get_app_client("basic-auth", tracking_uri=server["url"]).grant_user_permission("bob", "experiment", exp_id, "EDIT")

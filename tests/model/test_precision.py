@@ -13,7 +13,7 @@ import torch
 
 from support.classifiers import ID2LABEL, batch, classifier
 from toptune.config import LoraSettings, ModelConfig, TrainingConfig
-from toptune.data.tokens import Encoded
+from toptune.data.tokens import from_rows
 from toptune.model.precision import resolve_dtype, weights_dtype
 from toptune.prefix.forward import forward_logits
 from toptune.train.loop import fused_adamw_ok, trainable_parameters
@@ -106,7 +106,7 @@ def test_bf16_weights_train_on_cpu(tiny_qwen3):
     clf = bf16_classifier(tiny_qwen3)
     enc_batch = batch(clf.tokenizer, "right")
     ids = [row[m.bool()].tolist() for row, m in zip(enc_batch["input_ids"], enc_batch["attention_mask"], strict=True)]
-    enc = Encoded([str(i) for i in range(len(ids))], ids, enc_batch["labels"].tolist(), 0)
+    enc = from_rows(ids, enc_batch["labels"].tolist())
     before = {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
     result = fit(
         clf,

@@ -122,5 +122,30 @@ def test_parquet_table_through_catalog_only(project, tiny_qwen3):
         "raw_data:\n  type: pandas.ParquetDataset\n  filepath: data/01_raw/reviews.parquet\n"
     )
     run(project, {**QUICK, "model.name_or_path": str(tiny_qwen3)}, pipeline="data")
-    table = pd.read_parquet(project / "data/03_primary/texts.parquet")
+    table = pd.read_parquet(project / "data/04_feature/tokenised/texts.parquet")
     assert len(table) == 240 and table["text"].str.startswith("Product: ").all()
+
+
+def test_missing_optional_fields_are_filled_and_heavy_drops_warn(project, tiny_qwen3):
+    """A template over an often-empty column (tags): its rows are kept with empty tags and counted; the
+    old rule (``missing_fields: drop``) drops them, and the run warns and tags itself."""
+    raw = project / "data/01_raw/reviews.csv"
+    df = pd.read_csv(raw).head(600)
+    df["tags"] = [f"tag{i % 7}" if i % 2 else None for i in range(len(df))]  # half the rows: no tags
+    df.to_csv(raw, index=False)
+    params = {**QUICK, "model.name_or_path": str(tiny_qwen3), "data.text_template": "{review} | tags: {tags}"}
+    run(project, params, pipeline="data")
+    texts = pd.read_parquet(project / "data/04_feature/tokenised/texts.parquet")
+    assert len(texts) == 240 and texts["text"].str.endswith("| tags: ").any()
+    run(project, {**params, "data.missing_fields": "drop"}, pipeline="data")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("toptune")
+    filled, dropped = sorted(
+        mlflow.search_runs([exp.experiment_id], output_format="list"), key=lambda r: r.info.start_time
+    )
+    assert (
+        filled.data.metrics["data.filled_missing_tags"] == 300 and filled.data.metrics["data.dropped_empty_text"] == 0
+    )
+    assert "warning.rows_dropped" not in filled.data.tags
+    assert dropped.data.metrics["data.dropped_empty_text"] == 300
+    assert dropped.data.tags["warning.rows_dropped"].startswith("empty_text 300 (50.0%) of 600 rows")

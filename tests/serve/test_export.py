@@ -3,6 +3,7 @@ pyfunc model, the library and the ``predict`` node give the same predictions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from support.export import (
     raw_rows,
 )
 from toptune.config import ConfigError, ExportConfig, PredictConfig, parse_group
-from toptune.data.table import DataValidationError, render_texts
+from toptune.data.table import DataValidationError, render
+from toptune.data.tokens import Encoded, encode
 from toptune.serve.merge import load_trained
 from toptune.serve.predict import (
     load_predictor,
@@ -37,8 +39,8 @@ def exported(tmp_path_factory, tiny_qwen3):
     return make_export(tmp_path_factory.mktemp("export"), tiny_qwen3)
 
 
-def real_input_ids(tok, n: int = 16) -> list[list[int]]:
-    return tok(render_texts(raw_rows(n), SERVING.text_template), add_special_tokens=False)["input_ids"]
+def real_input_ids(tok, n: int = 16) -> Encoded:
+    return encode(render(raw_rows(n), SERVING.text_template), tok, SERVING.max_length)
 
 
 @pytest.mark.slow
@@ -71,7 +73,8 @@ def test_merged_model_loads_without_peft(exported, tiny_qwen3, tmp_path):
         from toptune.serve.predict import logits_of, load_predictor, prepare_rows
         p = load_predictor({str(exported["merged"])!r}, device="cpu")
         rows = pd.read_csv({str(REVIEWS)!r}).head(8)
-        enc = tok(prepare_rows(rows, p.serving).texts, add_special_tokens=False)["input_ids"]
+        from toptune.data.tokens import from_rows
+        enc = from_rows(tok(prepare_rows(rows, p.serving).texts, add_special_tokens=False)["input_ids"])
         print(json.dumps({{"id2label": m.config.id2label, "label2id": m.config.label2id, "pad": m.config.pad_token_id,
                           "arch": m.config.architectures,
                           "logits": logits_of(m, enc, m.config.pad_token_id, 4).tolist(),
@@ -125,11 +128,16 @@ def test_prepare_rows_bad_rows_drop_counts_and_error_names_row():
     df.loc[2, "review"] = None
     df["channel"] = df["channel"].astype(object)
     df.loc[4, "channel"] = 7
-    rows = prepare_rows(df, SERVING, "drop")
+    drop = dataclasses.replace(SERVING, missing_fields="drop")  # the rule a model trained with it serves
+    rows = prepare_rows(df, drop, "drop")
     assert rows.ids == ["r00000", "r00003", "r00005"]
     assert rows.counts == {"rows_in": 6, "rows_predicted": 3, "dropped_empty_text": 2, "dropped_non_string": 1}
     with pytest.raises(DataValidationError, match=r"row 1 \(id r00001\), column 'review': empty text"):
-        prepare_rows(df, SERVING, "error")
+        prepare_rows(df, drop, "error")
+    # fill (the default): a blank review renders empty beside the other columns; only the number is bad
+    filled = prepare_rows(df, SERVING, "drop")
+    assert filled.ids == ["r00000", "r00001", "r00002", "r00003", "r00005"]
+    assert filled.texts[2].endswith("Review: ") and filled.counts["dropped_non_string"] == 1
     with pytest.raises(ConfigError):
         prepare_rows(df, SERVING, "skip")
 

@@ -1,4 +1,5 @@
-"""The cache tests' training config, the stored rows of a split, and the peak anonymous memory of a phase."""
+"""The cache tests' training config, the stored rows of a split, token ids that watch their reads, and the
+peak anonymous memory of a phase."""
 
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ from toptune.config import TrainingConfig
 from toptune.data.tokens import Encoded
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class ReadWatch:
+    """A split's token ids that run a check at every read (subclasses override ``__getitem__``): how a
+    test interrupts a build at a chosen point of its reads."""
+
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens
+
+    def __getitem__(self, i):
+        return self.tokens[i]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.tokens, dtype=dtype)
 
 
 def stored_rows(cache, name: str, enc: Encoded) -> torch.Tensor:

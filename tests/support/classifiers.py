@@ -3,10 +3,11 @@ forward split's, the cache's and the precision tests' subject."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from toptune.config import LoraSettings, ModelConfig
-from toptune.data.batches import collate
+from toptune.data.batches import rows_batch
 from toptune.data.tokens import encode
 from toptune.train.recipe import build_classifier
 
@@ -42,7 +43,7 @@ def classifier(path, k: int = 2, seed: int = 0):
 def batch(tokenizer, side: str) -> dict[str, torch.Tensor]:
     """The (N=6, T) batch of ``TEXTS``, padded on the right or (rolled) on the left."""
     enc = encode(TEXTS, tokenizer, max_length=64, labels=[i % 3 for i in range(len(TEXTS))])
-    b = collate(enc.input_ids, enc.labels, tokenizer.pad_token_id)
+    b = rows_batch(enc, np.arange(len(enc)), tokenizer.pad_token_id)
     if side == "left":
         # Move each row's padding to the front (the stock classifier pools at the rightmost non-pad token).
         for row in range(len(TEXTS)):

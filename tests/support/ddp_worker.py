@@ -17,12 +17,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import set_seed
 
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data.table import prepare_table
+from toptune.data.prepare import texts_table
 from toptune.data.tokens import Encoded, encode
 from toptune.model.tokenizer import load_tokenizer
 from toptune.train import distributed
@@ -44,7 +45,7 @@ def plain_sgd(params, lr: float, weight_decay: float = 0.0, **_adamw_only) -> to
 
 def splits(model_dir: str, n_train: int = 57) -> dict[str, Encoded]:
     """``n_train`` training rows, then 17 validation and 16 test rows of the bundled table."""
-    table = prepare_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(90), DataConfig()).table
+    table = texts_table(pd.read_csv(ROOT / "data" / "01_raw" / "reviews.csv").head(90), DataConfig())[0]
     label2id = {v: k for k, v in ID2LABEL.items()}
     enc = encode(
         table["text"].tolist(),
@@ -55,7 +56,7 @@ def splits(model_dir: str, n_train: int = 57) -> dict[str, Encoded]:
     )
 
     def part(a: int, b: int) -> Encoded:
-        return Encoded(enc.ids[a:b], enc.input_ids[a:b], enc.labels[a:b], 0)
+        return enc.take(np.arange(a, b))
 
     return {"train": part(0, n_train), "val": part(57, 74), "test": part(74, 90)}
 

@@ -42,6 +42,9 @@ def _hook(event, args):
         path = args[0]
     if path is None:
         return
+    dir_fd = args[-1] if event in ("os.mkdir", "os.remove", "os.rmdir") else None
+    if isinstance(dir_fd, int) and dir_fd >= 0:  # relative to an open directory (shutil.rmtree's way)
+        path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), os.fsdecode(path))
     path = os.path.abspath(os.fsdecode(path))
     if path.startswith(_root):
         _busy.append(1)

@@ -13,8 +13,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from toptune.config import DataConfig, Device, Dtype, LoraSettings, ModelConfig, PrefixMode, TrainingConfig
-from toptune.data.table import label_map, prepare_table, split_table
-from toptune.data.tokens import Encoded, encode_splits
+from toptune.data.prepare import encode_table, texts_table
+from toptune.data.tokens import Encoded
 from toptune.model.tokenizer import load_tokenizer
 from toptune.train.device import resolve_device
 
@@ -158,17 +158,26 @@ def device_name(device: torch.device) -> str:
     return f"{name} ({len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} torch threads)"
 
 
+TEXTS = DataConfig(text_template="{text}", label_column="label", id_column="id", drop_duplicates=False)
+"""An already serialised table (``id``, ``text``, ``label``) through the data step as it is."""
+
+
 def bench_table(bc: BenchConfig) -> pd.DataFrame:
-    """The bundled table, validated and serialised with the default pipeline's template."""
-    return prepare_table(pd.read_csv(bc.data_path), DataConfig(sample_rows=bc.sample_rows)).table
+    """The bundled table, validated and serialised with the default pipeline's template (``id``, ``text``,
+    ``label``), as the data step's ``texts.parquet`` holds them."""
+    return texts_table(pd.read_csv(bc.data_path), DataConfig(sample_rows=bc.sample_rows))[0]
 
 
 def prepare_setup(bc: BenchConfig, model_path: str, table: pd.DataFrame | None = None, dtype: Dtype = "auto") -> Setup:
-    """Split and tokenise ``table`` (default: the bundled one) once, with the default pipeline's split and seed."""
+    """Split and tokenise ``table`` (``id``, ``text``, ``label``; default: the bundled one) once, into a
+    token store beside the bench's cache, with the default pipeline's split and seed."""
     tok = load_tokenizer(model_path)
-    table = bench_table(bc) if table is None else table
-    id2label = label_map(table["label"])
-    data = encode_splits(split_table(table, DataConfig(), bc.training.seed), tok, bc.training.max_length, id2label)
+    root = Path(bc.training.cache_dir + "-tokens")
+    if table is None:
+        raw, cfg = pd.read_csv(bc.data_path), DataConfig(sample_rows=bc.sample_rows)
+    else:
+        raw, cfg = table, TEXTS
+    data, id2label, _ = encode_table(raw, cfg, tok, bc.training.max_length, bc.training.seed, root)
     model_cfg = ModelConfig(name_or_path=model_path, trainable_layers=bc.trainable_layers, dtype=dtype)
     return Setup(
         model_path,

@@ -66,8 +66,8 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
 
     def rows(enc: Encoded) -> list[dict]:  # a list is a map-style dataset
         return [
-            {"input_ids": x, "attention_mask": [1] * len(x), "label": y}
-            for x, y in zip(enc.input_ids, enc.labels, strict=True)
+            {"input_ids": x, "attention_mask": [1] * len(x), "label": int(y)}
+            for x, y in ((enc.row(i).tolist(), enc.labels[i]) for i in range(len(enc)))
         ]
 
     class CountingCollator(DataCollatorWithPadding):

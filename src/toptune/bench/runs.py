@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import shutil
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import set_seed
@@ -192,10 +193,7 @@ def run_all(setup: Setup, bc: BenchConfig, runs: tuple[str, ...] = RUNS) -> dict
 def warm_up(setup: Setup, bc: BenchConfig, runs: tuple[str, ...]) -> None:
     """Every run once on 64 examples, one epoch, unmeasured: first-call costs (lazy imports, kernel
     selection, allocator growth) then fall on no measured run, whichever runs first."""
-    small = {
-        k: Encoded(v.ids[:n], v.input_ids[:n], v.labels[:n], 0)
-        for (k, v), n in zip(setup.data.items(), (64, 32, 32), strict=True)
-    }
+    small = {k: v.take(np.arange(n)) for (k, v), n in zip(setup.data.items(), (64, 32, 32), strict=True)}
     wbc = dataclasses.replace(
         bc, training=dataclasses.replace(bc.training, epochs=1, cache_dir=bc.training.cache_dir + "-warmup")
     )

@@ -36,8 +36,7 @@ from toptune.bench.rss import RssSampler
 from toptune.bench.timing import timed
 from toptune.cache import fit_cached, prepare_cache
 from toptune.config import DataConfig, LoraSettings, ModelConfig
-from toptune.data.table import label_map, prepare_table, split_table
-from toptune.data.tokens import encode_splits
+from toptune.data.prepare import encode_table
 from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
 from toptune.model.tokenizer import load_tokenizer
 from toptune.train.recipe import build_classifier
@@ -94,13 +93,13 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     cfg = dataclasses.replace(cfg, cache_dir=f"{cfg.cache_dir}/{shape.num_layers}l-x{multiple}")
     path = model_dir(sc, shape.num_layers)
     tok = load_tokenizer(path)
-    table = prepare_table(
-        repeated_table(pd.read_csv(sc.data_path), sc.base_rows, multiple), DataConfig(drop_duplicates=False)
-    ).table
-    id2label = label_map(table["label"])
-    data = encode_splits(split_table(table, DataConfig(), cfg.seed), tok, cfg.max_length, id2label)
-    rows = len(table)
-    del table
+    raw = repeated_table(pd.read_csv(sc.data_path), sc.base_rows, multiple)
+    tokens = Path(f"{cfg.cache_dir}-tokens")
+    data, id2label, quality = encode_table(
+        raw, DataConfig(drop_duplicates=False), tok, cfg.max_length, cfg.seed, tokens
+    )
+    rows = quality["rows_valid"]
+    del raw
     set_seed(cfg.seed)
     clf = build_classifier(
         ModelConfig(name_or_path=path, trainable_layers=shape.trainable_layers),
@@ -121,6 +120,7 @@ def measure_point(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
         del cache
     finally:
         shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+        shutil.rmtree(tokens, ignore_errors=True)  # its memory maps stay readable until dropped
     width = clf.model.config.hidden_size
     return {
         "rows": rows,

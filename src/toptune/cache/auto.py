@@ -27,7 +27,7 @@ from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
 from toptune.cache.store import cache_files, human_bytes
 from toptune.config import TrainingConfig
-from toptune.data.batches import batch_indices, collate
+from toptune.data.batches import batch_indices, rows_batch
 from toptune.data.tokens import Encoded
 from toptune.io.atomic import temp_path
 from toptune.train import distributed
@@ -77,7 +77,7 @@ def compute_rate(clf, enc: Encoded, batch_size: int, seed: int, batches: int = P
     clf.model.eval()
     try:
         for k, i in enumerate(idx):
-            b = collate([enc.input_ids[j] for j in i], [0] * len(i), clf.pad_token_id)
+            b = rows_batch(enc, i, clf.pad_token_id)
             ids, mask = b["input_ids"].to(clf.device), b["attention_mask"].to(clf.device)
             _sync(clf.device)
             t = time.perf_counter()

@@ -87,7 +87,7 @@ class CachedSplit:
         return out
 
     def batch(self, idx: np.ndarray, device: torch.device) -> Batch:
-        """Examples ``idx`` gathered and moved to ``device``, as ``collate`` + the live prefix would give."""
+        """Examples ``idx`` gathered and moved to ``device``, as ``rows_batch`` + the live prefix would give."""
         return self.to_device(self.gather(idx, pin=device.type == "cuda"), device)
 
 

@@ -16,7 +16,7 @@ import torch
 from toptune.cache.forward import pool_index, run_prefix
 from toptune.cache.plan import ShardJob
 from toptune.cache.store import files_of, write_receipt
-from toptune.data.batches import collate
+from toptune.data.batches import rows_batch
 from toptune.data.tokens import Encoded
 from toptune.io.atomic import AtomicFile, write_index
 from toptune.model.load import backbone
@@ -98,7 +98,7 @@ def build_shard(
         try:
             while i < len(job.examples):
                 take = slice(i, i + max(1, batch_tokens // max(int(lengths[i]), 1)))
-                b = collate([enc.input_ids[j] for j in job.examples[take]], [0] * len(lengths[take]), clf.pad_token_id)
+                b = rows_batch(enc, job.examples[take], clf.pad_token_id)
                 index[take, 2] = pool_index(b["input_ids"], clf.pad_token_id).numpy()
                 ids, mask = b["input_ids"].to(clf.device), b["attention_mask"].to(clf.device)
                 with autocast(clf.device):

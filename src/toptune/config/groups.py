@@ -26,6 +26,7 @@ from toptune.config.types import (
     Dtype,
     HeldOut,
     MetricForBest,
+    MissingFields,
     NonBlank,
     NonNegative,
     Positive,
@@ -55,8 +56,15 @@ class DataConfig:
     drop_duplicates: bool = True
     """Drop rows whose text and label repeat an earlier row (counted); False keeps them."""
     bad_rows: BadRows = "drop"
-    """Rows with an empty / NaN text cell, a NaN label or a non-string text cell: ``drop`` (counted,
-    logged) or ``error`` (fail naming the first bad row and column)."""
+    """Rows with an empty text, a NaN label or a non-string text cell: ``drop`` (counted, logged) or
+    ``error`` (fail naming the first bad row and column)."""
+    missing_fields: MissingFields = "fill"
+    """A blank cell (missing, NaN or whitespace) in one template column: ``fill`` renders it as empty
+    text and counts it (``data.filled_missing_<column>``), and a row is empty only when every template
+    column is blank; ``drop`` drops the row as ``empty_text`` when any template cell is blank."""
+    split_seed: int | None = None
+    """Seed of the train / val / test split; None = ``training.seed``. Set it to share one split (and one
+    prefix cache) between runs with different training seeds."""
     sample_rows: int | None = None
     """Use about N (> 0) valid rows (quick runs, tests): the first N / classes of each class (at least
     ``min_class_rows``); the rest is counted as ``dropped_sample_rows``. None = all."""
@@ -164,7 +172,8 @@ class TrainingConfig:
     max_length: Count = 128
     """Token limit per text; longer texts are truncated (and counted)."""
     seed: int = 42
-    """Seed of the split, the score head's init, the batch order and dropout."""
+    """Seed of the score head's init, the batch order and dropout, and of the data split unless
+    ``data.split_seed`` is set."""
     device: Device = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
     log_every: Count = 10

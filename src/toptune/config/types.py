@@ -24,6 +24,8 @@ METRICS_FOR_BEST: tuple[str, ...] = typing.get_args(MetricForBest)
 BadRows = Literal["drop", "error"]
 BAD_ROW_POLICIES: tuple[str, ...] = typing.get_args(BadRows)
 """What becomes of a row with an empty or non-string text cell (``data.bad_rows``, ``predict.bad_rows``, …)."""
+MissingFields = Literal["fill", "drop"]
+"""What a blank cell of one template column does to its row (``data.missing_fields``)."""
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Split = Literal["train", "val", "test"]

@@ -1,22 +1,29 @@
-"""Padded token batches: the batch order (seeded) and the collate."""
+"""Padded token batches: the batch order (seeded) and the padding, gathered with numpy from a split's
+flat token ids (:class:`toptune.data.tokens.Encoded`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from toptune.data.tokens import Encoded
 
 
-def collate(input_ids: list[list[int]], labels: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch.
+def pad(flat: np.ndarray, lengths: np.ndarray, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows given end to end (``flat`` (Σ lengths,), ``lengths`` (B,)) right-padded to the longest:
+    ``input_ids`` (B, T) int64 and ``attention_mask`` (B, T) int64, 1 on real tokens."""
+    width = int(lengths.max()) if len(lengths) else 0
+    mask = np.arange(width)[None, :] < lengths[:, None]  # (B, T)
+    ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
+    ids[mask] = flat  # row-major: row 0's tokens, then row 1's, …
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
-    Returns ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
-    rows = [torch.tensor(x, dtype=torch.long) for x in input_ids]
-    ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id)  # (B, T)
-    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)  # (B, T): 1 on real tokens
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(labels, dtype=torch.long)}
+
+def rows_batch(enc: Encoded, idx: np.ndarray, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of ``enc`` as a batch: ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
+    ids, mask = pad(*enc.gather(idx), pad_token_id)
+    labels = torch.from_numpy(np.asarray(enc.labels[np.asarray(idx, dtype=np.int64)], dtype=np.int64))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int) -> list[np.ndarray]:
@@ -26,6 +33,6 @@ def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int) -> list[np.
 
 
 def batches(enc: Encoded, batch_size: int, pad_token_id: int, shuffle: bool = False, seed: int = 0):
-    """Yield collated batches of ``enc``."""
+    """Yield padded batches of ``enc``."""
     for idx in batch_indices(len(enc), batch_size, shuffle, seed):
-        yield collate([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx], pad_token_id)
+        yield rows_batch(enc, idx, pad_token_id)

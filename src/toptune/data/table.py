@@ -1,15 +1,16 @@
-"""The raw table, validated and serialised: columns and cells checked, rows counted by drop reason,
-the template rendered, the stratified data split."""
+"""The raw table, validated and serialised one batch at a time: columns checked once, cells checked and
+rows counted by drop reason, the template rendered. Every function here takes one batch (a pandas
+DataFrame of at most :data:`toptune.data.read.BATCH_ROWS` rows), so memory never grows with the table."""
 
 from __future__ import annotations
 
 import math
 import string
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from toptune.config import DataConfig
 from toptune.errors import DataValidationError
@@ -17,16 +18,14 @@ from toptune.errors import DataValidationError
 SPLITS = ("train", "val", "test")
 EXAMPLE_ROWS = 64
 """Valid rows of the raw table kept with the model (export's merge check, the served model's input example)."""
+DROP_REASONS = ("empty_text", "non_string", "nan_label")
+"""Why a cell makes its row unusable, in the order they are tested (a row counts under its first)."""
 
 
 def template_columns(template: str) -> list[str]:
     """Column names a ``str.format`` template refers to, in order of first use."""
     names: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise DataValidationError(f"data.text_template is not a valid str.format template: {e}") from None
-    for _, name, _, _ in parsed:
+    for _, name, _, _ in _parse(template):
         if name is None:
             continue
         if not name or name.isdigit():
@@ -35,6 +34,13 @@ def template_columns(template: str) -> list[str]:
         if base not in names:
             names.append(base)
     return names
+
+
+def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    try:
+        return list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DataValidationError(f"data.text_template is not a valid str.format template: {e}") from None
 
 
 def check_columns(columns: list[str], cfg: DataConfig, need_label: bool = True) -> None:
@@ -51,22 +57,100 @@ def check_columns(columns: list[str], cfg: DataConfig, need_label: bool = True) 
         )
 
 
-def to_frame(table) -> pd.DataFrame:
-    """A pandas DataFrame from what a catalog dataset loaded: a DataFrame, a Hugging Face ``Dataset``,
-    or a ``DatasetDict`` (its splits concatenated, in order)."""
-    if isinstance(table, pd.DataFrame):
-        return table
-    if hasattr(table, "to_pandas"):
-        return table.to_pandas()
-    if hasattr(table, "values") and all(hasattr(v, "to_pandas") for v in table.values()):
-        return pd.concat([v.to_pandas() for v in table.values()], ignore_index=True)
-    raise DataValidationError(
-        f"raw_data loaded a {type(table).__name__}; expected a table (pandas or Hugging Face dataset)"
-    )
+def cell_kinds(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(blank, is_str)`` masks of one column: blank = missing (None, NaN, NA) or a whitespace-only string.
+    A cell neither blank nor a string (a number, a list, …) is a broken text cell."""
+    if isinstance(values.dtype, pd.StringDtype):  # pandas' (or Arrow's) strings: vectorised
+        is_str = values.notna().to_numpy(dtype=bool)
+        stripped_empty = values.fillna("").str.strip().eq("").to_numpy(dtype=bool)
+    else:
+        is_str = values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        stripped_empty = values.where(is_str, "").astype(object).str.strip().eq("").to_numpy(dtype=bool)
+    blank = (~is_str & values.isna().to_numpy(dtype=bool)) | (is_str & stripped_empty)
+    return blank, is_str
 
 
-def _is_blank(v: object) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()) or v is pd.NA
+def frame_kind(values: pd.Series) -> str:
+    """``"text"`` when a cell of the column is a string or every cell is blank, else its dtype's name (an
+    integer column read from CSV, say)."""
+    blank, is_str = cell_kinds(values)
+    return "text" if is_str.any() or blank.all() else str(values.dtype)
+
+
+def check_text_columns(kinds: dict[str, str], cfg: DataConfig) -> None:
+    """Fail naming a template column that holds no text at all (``kinds``: column → ``"text"`` or the
+    type of its values): every row would be dropped as ``non_string``, which is a setting to fix, not
+    bad rows to count."""
+    for col in template_columns(cfg.text_template):
+        kind = kinds.get(col, "text")
+        if kind != "text":
+            raise DataValidationError(
+                f"column '{col}' of data.text_template holds no text ({kind} values): every row would be "
+                f"dropped as non_string; read it as text in the catalog entry (load_args: {{dtype: {{{col}: str}}}})"
+            )
+
+
+@dataclass
+class Serialised:
+    """One batch's valid rows, serialised, and what was dropped or filled."""
+
+    ids: list[str]
+    """Row ids (``data.id_column``, else the row number in the whole table)."""
+    texts: list[str]
+    """The template rendered per valid row."""
+    labels: pd.Series
+    """Label cells of the valid rows, as read (their kind decides how they become targets)."""
+    counts: Counter
+    """``rows_in``, ``dropped_<reason>`` and ``filled_missing_<column>`` of this batch."""
+    valid: np.ndarray
+    """(rows,) bool: which rows of the batch are valid."""
+
+
+def row_reasons(df: pd.DataFrame, cfg: DataConfig, need_label: bool = True) -> tuple[np.ndarray, Counter]:
+    """Per row the first reason it cannot be used (``empty_text:<col>``, ``non_string:<col>``,
+    ``nan_label:<col>``) or '', and the ``filled_missing_<column>`` counts of the rows kept.
+
+    ``data.missing_fields: fill``: a blank cell renders as empty text; a row is empty only when every
+    template column is blank. ``drop``: any blank template cell drops the row. One rule for training,
+    predict and serve: a template cell that is not a string (a number, a list, …) is a broken cell.
+    """
+    reasons = np.full(len(df), "", dtype=object)
+    cols = template_columns(cfg.text_template)
+    kinds = {col: cell_kinds(df[col]) for col in cols}
+    all_blank = np.logical_and.reduce([kinds[c][0] for c in cols]) if cols else np.zeros(len(df), bool)
+    for col in cols:
+        blank, is_str = kinds[col]
+        empty = all_blank if cfg.missing_fields == "fill" else blank
+        reasons[(reasons == "") & empty] = f"empty_text:{col}"
+        reasons[(reasons == "") & ~blank & ~is_str] = f"non_string:{col}"
+    if need_label:
+        blank, _ = cell_kinds(df[cfg.label_column])
+        reasons[(reasons == "") & blank] = f"nan_label:{cfg.label_column}"
+    filled: Counter = Counter()
+    if cfg.missing_fields == "fill":
+        for col in cols:
+            n = int((kinds[col][0] & (reasons == "")).sum())
+            if n:
+                filled[f"filled_missing_{col}"] = n
+    return reasons, filled
+
+
+def render(df: pd.DataFrame, template: str) -> list[str]:
+    """Serialise each row with ``template``; a blank cell renders as empty text. Plain ``{column}`` fields
+    are joined column-wise (vectorised); a template with format specs, conversions or attribute access
+    is formatted row by row with ``str.format``."""
+    parts = _parse(template)
+    cols = template_columns(template)
+    cells = {c: df[c].where(~cell_kinds(df[c])[0], "") for c in cols}
+    if all(spec in (None, "") and conv is None and (name is None or name in cols) for _, name, spec, conv in parts):
+        out = pd.Series("", index=df.index, dtype=object)
+        for literal, name, _, _ in parts:
+            out = out + literal if literal else out
+            if name is not None:
+                out = out + cells[name].astype(object)
+        return out.tolist()
+    frame = pd.DataFrame(cells)
+    return [template.format(**r) for r in frame.to_dict("records")]
 
 
 def label_text(v: object) -> str:
@@ -77,34 +161,28 @@ def label_text(v: object) -> str:
     return str(v)
 
 
-def bad_cell_reasons(df: pd.DataFrame, cfg: DataConfig, need_label: bool = True) -> pd.Series:
-    """Per row, the first reason it cannot be used (``empty_text``, ``non_string``, ``nan_label``) or ''.
-
-    One rule for training, predict and serve: a cell of a template column that is not a string (a
-    number, a list, …) is a broken cell, whatever share of the column is numbers, never text to format.
-    """
-    reasons = pd.Series("", index=df.index, dtype=object)
-    for col in template_columns(cfg.text_template):
-        values = df[col]
-        blank = values.map(_is_blank).astype(bool)
-        non_str = ~values.map(lambda v: isinstance(v, str)).astype(bool) & ~blank
-        reasons[(reasons == "") & blank] = f"empty_text:{col}"
-        reasons[(reasons == "") & non_str] = f"non_string:{col}"
-    if need_label:
-        reasons[(reasons == "") & df[cfg.label_column].map(_is_blank).astype(bool)] = f"nan_label:{cfg.label_column}"
-    return reasons
-
-
-def check_text_columns(df: pd.DataFrame, cfg: DataConfig) -> None:
-    """Fail naming a template column that holds no text at all (an integer column read from CSV, say):
-    every row would be dropped as ``non_string``, which is a setting to fix, not bad rows to count."""
-    for col in template_columns(cfg.text_template):
-        values = df[col]
-        if len(values) and not values.map(lambda v: isinstance(v, str)).any() and not values.map(_is_blank).all():
-            raise DataValidationError(
-                f"column '{col}' of data.text_template holds no text ({values.dtype} values): every row would be "
-                f"dropped as non_string; read it as text in the catalog entry (load_args: {{dtype: {{{col}: str}}}})"
-            )
+def serialise(df: pd.DataFrame, cfg: DataConfig, first_row: int, need_label: bool = True) -> Serialised:
+    """Validate and serialise one batch whose first row is row ``first_row`` of the whole table; drops are
+    counted, or the first one fails naming the row and column under ``data.bad_rows: error``."""
+    df.columns = [str(c) for c in df.columns]
+    reasons, counts = row_reasons(df, cfg, need_label)
+    bad = reasons != ""
+    if cfg.bad_rows == "error" and bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        kind, col = reasons[row].split(":", 1)
+        raise DataValidationError(
+            f"raw_data row {first_row + row}, column '{col}': {kind.replace('_', ' ')} (data.bad_rows=error)"
+        )
+    counts["rows_in"] = len(df)
+    for kind in DROP_REASONS:
+        counts[f"dropped_{kind}"] = sum(1 for r in reasons[bad] if r.startswith(kind))
+    ok = df[~bad]
+    if cfg.id_column and cfg.id_column in df.columns:
+        ids = ok[cfg.id_column].astype(str).tolist()
+    else:
+        ids = [str(first_row + i) for i in np.flatnonzero(~bad)]
+    labels = ok[cfg.label_column] if need_label else pd.Series(dtype=object)
+    return Serialised(ids, render(ok, cfg.text_template), labels.reset_index(drop=True), counts, ~bad)
 
 
 def check_split_sizes(class_counts: dict[str, int], cfg: DataConfig) -> None:
@@ -125,93 +203,3 @@ def check_split_sizes(class_counts: dict[str, int], cfg: DataConfig) -> None:
             f"data.val_fraction + data.test_fraction leave {rest - n_val} of {n} rows to train for {k} classes: "
             "lower them"
         )
-
-
-def render_texts(df: pd.DataFrame, template: str) -> list[str]:
-    """Serialise each row with ``template`` (``str.format`` over the row's columns)."""
-    records = df.to_dict("records")
-    return [template.format(**{str(k): v for k, v in r.items()}) for r in records]
-
-
-@dataclass
-class PreparedTable:
-    """Validated, serialised rows and what validation removed."""
-
-    table: pd.DataFrame
-    """Columns ``id`` (str), ``text`` (str), ``label`` (str)."""
-    quality: dict[str, int]
-    """Row counts: ``rows_in``, ``rows_valid`` and one ``dropped_<reason>`` per reason."""
-    examples: pd.DataFrame | None = None
-    """Up to ``EXAMPLE_ROWS`` valid rows of the raw table: the id column and the template's columns."""
-
-
-def prepare_table(raw: pd.DataFrame, cfg: DataConfig) -> PreparedTable:
-    """Validate ``raw`` and serialise each row; drops are counted (or raise with ``bad_rows: error``).
-
-    Labels are text as written (:func:`label_text`); every row removed is counted under
-    ``dropped_<reason>``, the ``sample_rows`` cap included.
-    """
-    if raw is None or len(raw) == 0:
-        raise DataValidationError("raw_data is empty: the table has no rows")
-    raw = raw.reset_index(drop=True)
-    raw.columns = [str(c) for c in raw.columns]
-    check_columns(list(raw.columns), cfg)
-    check_text_columns(raw, cfg)
-    quality = {"rows_in": len(raw)}
-    reasons = bad_cell_reasons(raw, cfg)
-    if cfg.bad_rows == "error" and (reasons != "").any():
-        row = int(np.flatnonzero(reasons != "")[0])
-        kind, col = reasons.iloc[row].split(":", 1)
-        raise DataValidationError(f"raw_data row {row}, column '{col}': {kind.replace('_', ' ')} (data.bad_rows=error)")
-    for kind in ("empty_text", "non_string", "nan_label"):
-        quality[f"dropped_{kind}"] = int(reasons.str.startswith(kind).sum())
-    ok = raw[reasons == ""]
-    ids = ok[cfg.id_column].astype(str) if cfg.id_column and cfg.id_column in ok.columns else ok.index.astype(str)
-    table = pd.DataFrame(
-        {
-            "id": ids.to_numpy(),
-            "text": render_texts(ok, cfg.text_template),
-            "label": ok[cfg.label_column].map(label_text).to_numpy(),
-        }
-    )
-    dup = table.duplicated(subset=["text", "label"]) if cfg.drop_duplicates else pd.Series(False, index=table.index)
-    quality["dropped_duplicates"] = int(dup.sum())
-    table = table[~dup]
-    conflicting = table.groupby("text")["label"].transform("nunique") > 1
-    quality["conflicting_labels"] = int(conflicting.sum())  # same text, different labels: kept, counted
-    counts = table["label"].value_counts()
-    small = counts[counts < cfg.min_class_rows].index
-    quality["dropped_small_class"] = int(table["label"].isin(small).sum())
-    table = table[~table["label"].isin(small)]
-    if table["label"].nunique() < 2:
-        raise DataValidationError(
-            f"data.label_column='{cfg.label_column}': fewer than 2 classes have >= {cfg.min_class_rows} "
-            f"valid rows (data.min_class_rows); class counts: {counts.to_dict()}"
-        )
-    before_cap = len(table)
-    if cfg.sample_rows:
-        table = table.groupby("label", group_keys=False).head(
-            max(cfg.min_class_rows, cfg.sample_rows // table["label"].nunique())
-        )
-    quality["dropped_sample_rows"] = before_cap - len(table)
-    quality["rows_valid"] = len(table)
-    keep = [c for c in dict.fromkeys([cfg.id_column, *template_columns(cfg.text_template)]) if c and c in ok.columns]
-    return PreparedTable(table.reset_index(drop=True), quality, ok[keep].head(EXAMPLE_ROWS).reset_index(drop=True))
-
-
-def label_map(labels: pd.Series) -> dict[int, str]:
-    """``id2label``: sorted distinct labels numbered from 0."""
-    return dict(enumerate(sorted(labels.unique().tolist())))
-
-
-def split_table(table: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train / val / test split (sizes checked first: one line naming the fraction)."""
-    check_split_sizes(table["label"].value_counts().to_dict(), cfg)
-    rest, test = train_test_split(table, test_size=cfg.test_fraction, stratify=table["label"], random_state=seed)
-    val_share = cfg.val_fraction / (1 - cfg.test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=rest["label"], random_state=seed)
-    return {
-        "train": train.reset_index(drop=True),
-        "val": val.reset_index(drop=True),
-        "test": test.reset_index(drop=True),
-    }

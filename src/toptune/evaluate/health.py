@@ -29,6 +29,25 @@ def short_text_warnings(
     }
 
 
+DROPPED_SHARE = 0.05
+"""Share of the table's rows dropped for one reason above which the run warns (``warning.rows_dropped``)."""
+
+
+def dropped_rows_warnings(quality: dict[str, int], share: float = DROPPED_SHARE) -> dict[str, str]:
+    """One warning naming every reason that dropped more than ``share`` of the rows read (the
+    ``data.sample_rows`` cap is asked for, not a loss: it is not counted)."""
+    rows = quality.get("rows_in", 0)
+    big = {
+        k.removeprefix("dropped_"): n
+        for k, n in quality.items()
+        if k.startswith("dropped_") and k != "dropped_sample_rows" and rows and n / rows > share
+    }
+    if not big:
+        return {}
+    parts = ", ".join(f"{reason} {n} ({n / rows:.1%})" for reason, n in sorted(big.items(), key=lambda x: -x[1]))
+    return {"rows_dropped": f"{parts} of {rows} rows were dropped (data.dropped_<reason>): check the table"}
+
+
 def chance_accuracy(accuracy: float, labels: np.ndarray) -> str | None:
     """A message when ``accuracy`` on ``labels`` is within two standard errors of always answering the
     majority class (the best a model that learnt nothing does), else None."""

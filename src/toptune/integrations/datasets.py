@@ -1,18 +1,20 @@
 """Kedro datasets of the project (Kedro layer: the library never imports this).
 
-Nothing here executes code on load: the tokenised splits are Parquet, the adapter is safetensors + JSON.
+Nothing here executes code on load: the token store is raw arrays + Arrow + JSON, the adapter safetensors + JSON.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 
+from toptune.data.prepare import Prepared
+from toptune.data.read import TableFile, open_table
+from toptune.data.store import MANIFEST, read_store, write_store
 from toptune.data.tokens import Encoded
 from toptune.io.atomic import discard_dir, staging_dir, swap_dir
 from toptune.serve.bundle import BundleError, read_bundle, write_bundle
@@ -70,50 +72,61 @@ class PeftAdapterDataset(AbstractDataset):
         return {"filepath": str(self._final)}
 
 
-class TokenisedDataset(AbstractDataset):
-    """Tokenised splits (``{split: Encoded}``) as one Parquet file per split in a directory: columns
-    ``id`` (string), ``input_ids`` (list of int32), ``label`` (int64); the truncation count in the
-    file's metadata. Written to a sibling directory and renamed into place."""
+class TableDataset(AbstractDataset):
+    """The raw table as a file read in record batches (CSV or Parquet, or a directory of Parquet files):
+    loading opens it and reads nothing (:class:`toptune.data.read.TableFile`); the data pipeline streams it.
+    A pandas or Hugging Face dataset in its place works too, read whole by its own dataset."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = PurePosixPath(filepath)
         self.metadata = metadata
 
-    def _save(self, splits: dict[str, Encoded]) -> None:
+    def _load(self) -> TableFile:
+        return open_table(Path(self._filepath))
+
+    def _save(self, data) -> None:
+        raise DatasetError("raw_data is read only")
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class TokenisedDataset(AbstractDataset):
+    """The token store (:mod:`toptune.data.store`): saving takes the :class:`toptune.data.prepare.Prepared`
+    store the data node wrote in a staging directory and swaps it in whole (or splits held in memory, written
+    first); loading maps every split from disk, nothing read until a batch asks for it."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def _save(self, data: Prepared | dict[str, Encoded]) -> None:
         final = Path(self._filepath)
+        if isinstance(data, Prepared):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staged = data.root
+            if os.stat(staged).st_dev != os.stat(final.parent).st_dev:  # another disk: a rename cannot move it
+                staged = staging_dir(final)
+                shutil.rmtree(staged.parent, ignore_errors=True)
+                shutil.copytree(data.root, staged)
+                shutil.rmtree(data.root.parent)
+            swap_dir(staged, final)
+            if data.root.parent.is_dir() and not any(data.root.parent.iterdir()):
+                data.root.parent.rmdir()  # the node's staging container, when the catalog names another place
+            return
         staged = staging_dir(final)
         shutil.rmtree(staged.parent, ignore_errors=True)
-        staged.mkdir(parents=True)
-        for name, enc in splits.items():
-            table = pa.table(
-                {
-                    "id": pa.array(enc.ids, pa.string()),
-                    "input_ids": pa.array(enc.input_ids, pa.list_(pa.int32())),
-                    "label": pa.array(enc.labels, pa.int64()),
-                }
-            )
-            table = table.replace_schema_metadata({"truncated": str(int(enc.truncated))})
-            pq.write_table(table, staged / f"{name}.parquet")
+        write_store(staged, data)
         swap_dir(staged, final)
 
     def _load(self) -> dict[str, Encoded]:
-        final = Path(self._filepath)
-        if not final.is_dir():
-            raise FileNotFoundError(f"no tokenised splits at {final}: run `kedro run` (the data pipeline) first")
-        out = {}
-        for path in sorted(final.glob("*.parquet")):
-            table = pq.read_table(path)
-            truncated = (table.schema.metadata or {}).get(b"truncated", b"0")
-            out[path.stem] = Encoded(
-                ids=table["id"].to_pylist(),
-                input_ids=table["input_ids"].to_pylist(),
-                labels=table["label"].to_pylist(),
-                truncated=int(truncated),
-            )
-        return out
+        return read_store(Path(self._filepath))
 
     def _exists(self) -> bool:
-        return Path(self._filepath).is_dir()
+        return (Path(self._filepath) / MANIFEST).is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}

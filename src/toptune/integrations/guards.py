@@ -4,8 +4,8 @@ Before any node runs (and before kedro-mlflow opens its run): the parameters are
 configs (:func:`toptune.config.parse_params`: every group, key, type and range; the first bad one fails in
 one line), the project lock is taken (one run at a time; only rank 0 of a ``torchrun`` job), debris of dead
 processes is cleared, the model's source and ``model.trainable_layers`` are checked against the
-checkpoint's ``config.json``, and, when the pipeline prepares the raw table, the table is validated and
-its split sizes checked (the table is loaded once: the node gets the same object).
+checkpoint's ``config.json``, and, when the pipeline prepares the raw table, its columns are checked (the
+table is loaded once: the node gets the same object).
 
 Each node then gets the typed config of every ``params:<group>`` input it names (``before_node_run`` may
 return inputs that replace the loaded ones: Kedro's own way to hand a node other inputs), so nodes never
@@ -31,8 +31,9 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
 from toptune.config import DataConfig, RunConfig, parse_params
-from toptune.data.table import check_split_sizes, prepare_table, to_frame
-from toptune.evaluate.health import short_text_warnings, training_warnings
+from toptune.data.read import column_kinds
+from toptune.data.table import check_columns, check_text_columns
+from toptune.evaluate.health import dropped_rows_warnings, short_text_warnings, training_warnings
 from toptune.integrations.datasets import commit_pending, discard_pending
 from toptune.io.debris import clear_debris, hostname, pid_alive
 from toptune.io.lock import ProjectLock, takes_lock
@@ -53,11 +54,13 @@ def node_inputs(pipeline) -> set[str]:
 
 
 def preflight_table(catalog, cfg: DataConfig) -> None:
-    """Validate the raw table and its split sizes before any node runs; the node then reuses the loaded
-    table (one load, not two)."""
+    """Check the raw table's columns (the template's and the label's, and that the template's hold text)
+    before any node runs, from its schema: a file is opened, not read. The node then reuses the loaded
+    table (one load, not two). Cells and split sizes are checked as the data node streams the rows."""
     raw = catalog.load("raw_data")
-    table = prepare_table(to_frame(raw), cfg).table
-    check_split_sizes(table["label"].value_counts().to_dict(), cfg)
+    kinds = column_kinds(raw)
+    check_columns(list(kinds), cfg)
+    check_text_columns(kinds, cfg)
     quiet = logging.getLogger("kedro.io.data_catalog")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its "Replacing dataset" warning is expected here
@@ -118,7 +121,7 @@ class GuardHooks:
             used = node_inputs(pipeline)
             if "params:model" in used:
                 check_model(cfg.model)
-            if {"raw_data", "params:data"} <= used and "prepare_table" in {n.name for n in pipeline.nodes}:
+            if {"raw_data", "params:data"} <= used and "prepare_data" in {n.name for n in pipeline.nodes}:
                 preflight_table(catalog, cfg.data)
         except Exception:
             self._release()
@@ -148,10 +151,12 @@ class GuardHooks:
     @hook_impl
     def after_node_run(self, node, inputs: dict, outputs: dict) -> None:
         warnings = {}
-        if node.name == "split_and_tokenise":
+        if node.name == "prepare_data":
             data, max_length = inputs["params:data"], inputs["params:training"].max_length  # typed configs
-            sizes = {name: (len(enc), enc.truncated) for name, enc in outputs["tokenised"].items()}
+            splits = outputs["tokenised"].entries
+            sizes = {name: (e["rows"], e["truncated"]) for name, e in splits.items()}
             warnings = short_text_warnings(sizes, max_length, data.min_text_tokens, data.short_text_share)
+            warnings.update(dropped_rows_warnings(outputs["tokenised"].quality))
         elif node.name == "train_model":
             val_labels, classes = inputs["tokenised"]["val"].labels, len(inputs["label_map"])
             warnings = training_warnings(outputs["train_summary"], val_labels, classes)

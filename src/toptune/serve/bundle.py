@@ -71,6 +71,8 @@ class Bundle:
     """Hash of the tokenizer files that ship with this bundle (the base's, for an adapter)."""
     trainable_layers: list[int]
     """Block indices that carry LoRA."""
+    missing_fields: str = "drop"
+    """``data.missing_fields``: how a blank template cell renders (a bundle without the key: ``drop``)."""
     weights_sha256: str = ""
     """Hash of this bundle's own weights (adapter or merged safetensors); set by :func:`write_bundle`."""
     mlflow_run_id: str | None = None

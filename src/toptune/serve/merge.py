@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from toptune.data.tokens import encode
+from toptune.data.tokens import Encoded, encode
 from toptune.io.atomic import staging_dir, swap_dir
 from toptune.model.load import load_classifier
 from toptune.model.lora import load_adapter, merge
@@ -84,28 +84,28 @@ def merge_adapter(
     adapter_dir: str | Path,
     id2label: dict[int, str],
     serving: ServingConfig,
-    check_input_ids: list[list[int]] | None = None,
+    check: Encoded | None = None,
     atol: float = 1e-4,
     batch_size: int = 32,
 ) -> MergedModel:
     """Fold the adapter into the base weights (PEFT ``merge_and_unload``).
 
-    With ``check_input_ids``, the merged model's logits on them are compared with the adapter model's
+    With ``check`` (tokenised rows), the merged model's logits on them are compared with the adapter model's
     first, and a difference above ``atol`` raises (a merge that changes predictions must not ship).
     """
     peft_model, tok = load_trained(base_path, adapter_dir, id2label)
-    before = logits_of(peft_model, check_input_ids, tok.pad_token_id, batch_size) if check_input_ids else None
+    before = logits_of(peft_model, check, tok.pad_token_id, batch_size) if check else None
     merged = merge(peft_model).eval()  # (PEFT wrappers gone: Qwen*ForSequenceClassification)
     merged.config.pad_token_id = tok.pad_token_id
     merged.config.id2label = {int(k): v for k, v in id2label.items()}
     merged.config.label2id = {v: int(k) for k, v in id2label.items()}
-    check = {}
-    if check_input_ids and before is not None:
-        diff = float(np.abs(logits_of(merged, check_input_ids, tok.pad_token_id, batch_size) - before).max())
-        check = {"merge_check_rows": float(len(check_input_ids)), "merge_max_abs_diff": diff}
+    figures = {}
+    if check and before is not None:
+        diff = float(np.abs(logits_of(merged, check, tok.pad_token_id, batch_size) - before).max())
+        figures = {"merge_check_rows": float(len(check)), "merge_max_abs_diff": diff}
         if diff > atol:
             raise RuntimeError(f"merged logits differ from the adapter's by {diff:.3g} > export.merge_atol={atol}")
-    return MergedModel(merged, tok, serving, check)
+    return MergedModel(merged, tok, serving, figures)
 
 
 def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1e-4) -> MergedModel:
@@ -121,8 +121,8 @@ def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1
     serving = ServingConfig.of(adapter)
     examples = read_examples(adapter_dir)
     texts = prepare_rows(examples, serving, "drop").texts[:check_rows] if check_rows and len(examples) else []
-    check = encode(texts, load_tokenizer(base), adapter.max_length).input_ids if texts else None
-    merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check_input_ids=check, atol=atol)
+    check = encode(texts, load_tokenizer(base), adapter.max_length) if texts else None
+    merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check=check, atol=atol)
     merged.bundle = dataclasses.replace(
         adapter,
         kind="merged",

@@ -24,15 +24,10 @@ from transformers import (
 )
 
 from toptune.config import BAD_ROW_POLICIES, ConfigError, DataConfig
-from toptune.data.batches import collate
-from toptune.data.table import (
-    DataValidationError,
-    bad_cell_reasons,
-    render_texts,
-    template_columns,
-    to_frame,
-)
-from toptune.data.tokens import encode
+from toptune.data.batches import rows_batch
+from toptune.data.read import whole
+from toptune.data.table import DataValidationError, render, row_reasons, template_columns
+from toptune.data.tokens import Encoded, encode
 from toptune.model import families
 from toptune.model.tokenizer import load_tokenizer
 from toptune.serve.bundle import Bundle, read_bundle
@@ -57,10 +52,14 @@ class ServingConfig:
     """Column whose value identifies a row in the output; absent = the row's position in the input."""
     label_column: str | None = None
     """The training table's label column; ignored when present in a table to classify."""
+    missing_fields: str = "fill"
+    """How a blank template cell renders (``data.missing_fields`` of training)."""
 
     @classmethod
     def of(cls, bundle: Bundle) -> ServingConfig:
-        return cls(bundle.text_template, bundle.max_length, bundle.id_column, bundle.label_column)
+        return cls(
+            bundle.text_template, bundle.max_length, bundle.id_column, bundle.label_column, bundle.missing_fields
+        )
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ServingConfig:
@@ -96,7 +95,7 @@ def _device(name: str) -> torch.device:
 @torch.inference_mode()
 def logits_of(
     model: PreTrainedModel | PeftModel,
-    input_ids: list[list[int]],
+    rows: Encoded,
     pad_token_id: int,
     batch_size: int,
     progress: bool = False,
@@ -109,14 +108,14 @@ def logits_of(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     model.eval()
     device = next(model.parameters()).device
-    order = np.argsort([len(x) for x in input_ids], kind="stable")
+    order = np.argsort(rows.lengths(), kind="stable")
     num_labels = model.config.num_labels
     assert num_labels is not None  # a classifier's config always names its classes
-    out = np.zeros((len(input_ids), num_labels), dtype=np.float32)
-    bar = tqdm(total=len(input_ids), desc="predict", unit="row", disable=not progress, mininterval=1.0)
+    out = np.zeros((len(rows), num_labels), dtype=np.float32)
+    bar = tqdm(total=len(rows), desc="predict", unit="row", disable=not progress, mininterval=1.0)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        b = collate([input_ids[i] for i in idx], [-1] * len(idx), pad_token_id)
+        b = rows_batch(rows, idx, pad_token_id)
         logits = model(
             input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
         ).logits  # (B, C)
@@ -156,7 +155,7 @@ def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> Predi
     """
     if bad_rows not in BAD_ROW_POLICIES:
         raise ConfigError(f"bad_rows={bad_rows!r} must be 'drop' or 'error'")
-    df = to_frame(table).reset_index(drop=True)
+    df = whole(table)
     df.columns = [str(c) for c in df.columns]
     template, source = serving.text_template, "template columns"
     missing = [c for c in template_columns(template) if c not in df.columns]
@@ -171,23 +170,20 @@ def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> Predi
         ids = df[serving.id_column].astype(str)
     else:
         ids = pd.Series(df.index.astype(str), index=df.index)
-    reasons = (
-        bad_cell_reasons(df, DataConfig(text_template=template), need_label=False)
-        if len(df)
-        else pd.Series(dtype=object)
-    )
+    rule = DataConfig(text_template=template, missing_fields=serving.missing_fields)  # type: ignore[arg-type]
+    reasons, _ = row_reasons(df, rule, need_label=False)
     bad = reasons != ""
     if bad_rows == "error" and bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        kind, col = reasons.iloc[row].split(":", 1)
+        row = int(np.flatnonzero(bad)[0])
+        kind, col = reasons[row].split(":", 1)
         raise DataValidationError(
             f"row {row} (id {ids.iloc[row]}), column '{col}': {kind.replace('_', ' ')} (bad_rows=error)"
         )
     ok = df[~bad]
     counts = {"rows_in": len(df), "rows_predicted": len(ok)}
     for kind in ("empty_text", "non_string"):
-        counts[f"dropped_{kind}"] = int(reasons.str.startswith(kind).sum()) if len(df) else 0
-    return PredictRows(ids[~bad].tolist(), render_texts(ok, template), counts, source)
+        counts[f"dropped_{kind}"] = sum(1 for r in reasons[bad] if r.startswith(kind))
+    return PredictRows(ids[~bad].tolist(), render(ok, template), counts, source)
 
 
 @dataclass
@@ -215,7 +211,7 @@ class Predictor:
                 {c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()}
             )
         enc = encode(rows.texts, self.tokenizer, self.serving.max_length, ids=rows.ids)
-        logits = logits_of(self.model, enc.input_ids, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
+        logits = logits_of(self.model, enc, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
         probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
         id2label = self.id2label
         out = pd.DataFrame({"id": rows.ids, "label": [id2label[int(i)] for i in probs.argmax(-1)]})

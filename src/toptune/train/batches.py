@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from toptune.data.batches import batch_indices, collate
+from toptune.data.batches import batch_indices, rows_batch
 from toptune.data.tokens import Encoded
 from toptune.prefix.forward import forward_logits
 from toptune.train import distributed
@@ -51,7 +51,7 @@ def live_batches(
 
     def load(indices: Iterable[np.ndarray]) -> Iterator[Batch]:
         for idx in indices:
-            b = collate([enc.input_ids[i] for i in idx], [enc.labels[i] for i in idx], pad_token_id)
+            b = rows_batch(enc, idx, pad_token_id)
             yield {k: v.to(device) for k, v in b.items()}
 
     return Batches(len(enc), lambda epoch: batch_indices(len(enc), batch_size, shuffle, seed + epoch), load)

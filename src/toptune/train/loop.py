@@ -6,7 +6,7 @@ It is written over a split's :class:`~toptune.train.batches.Batches` and a ``log
 step is a small method of :class:`_Trainer` (torchtune's ``lora_finetune_single_device`` shape).
 
 Under ``torchrun`` every process walks the same global batches and takes its share of each
-(:func:`toptune.train.distributed.share`, on the indices: before any collate or cache gather). Its loss is
+(:func:`toptune.train.distributed.share`, on the indices: before any padding or cache gather). Its loss is
 the sum over its share divided by the global batch's size, so the all-reduced (summed) gradients of
 the trainable parameters are the one-process mean over the global batch; nothing else is reduced.
 Validation splits whole batches round robin and gathers the logits, so every process sees the

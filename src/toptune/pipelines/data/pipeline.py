@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from toptune.pipelines.data.nodes import prepare, tokenise
+from toptune.pipelines.data.nodes import prepare
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -8,15 +8,9 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 prepare,
-                ["raw_data", "params:data"],
-                ["primary_table", "label_map", "data_quality", "input_example"],
-                name="prepare_table",
-            ),
-            Node(
-                tokenise,
-                ["primary_table", "label_map", "params:data", "params:model", "params:training"],
-                ["tokenised", "tokenise_stats"],
-                name="split_and_tokenise",
+                ["raw_data", "params:data", "params:model", "params:training"],
+                ["tokenised", "label_map", "data_quality", "input_example", "tokenise_stats"],
+                name="prepare_data",
             ),
         ]
     )

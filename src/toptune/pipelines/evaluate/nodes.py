@@ -27,7 +27,7 @@ def evaluate(
     probs = softmax(ev.logits)
     preds = pd.DataFrame(
         {
-            "id": test.ids,
+            "id": test.id_list(),
             "label": [id2label[i] for i in ev.labels],
             "predicted": [id2label[i] for i in probs.argmax(-1)],
             **{f"prob_{id2label[c]}": probs[:, c] for c in sorted(id2label)},

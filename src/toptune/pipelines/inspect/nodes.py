@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from toptune.config import InspectConfig, LoraSettings, ModelConfig, TrainingConfig
-from toptune.data.batches import collate
+from toptune.data.batches import rows_batch
 from toptune.data.tokens import Encoded
 from toptune.inspect import (
     block_diagram_figure,
@@ -39,7 +40,7 @@ def inspect_memory(
     enc = tokenised[icfg.split]
     n = min(icfg.batch_size, len(enc))
     tok = load_tokenizer(resolve_base_checkpoint(model.name_or_path))
-    batch = collate(enc.input_ids[:n], enc.labels[:n], tok.pad_token_id)
+    batch = rows_batch(enc, np.arange(n), tok.pad_token_id)
     report = inspect_modes(
         model,
         lora,

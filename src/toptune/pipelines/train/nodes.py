@@ -113,6 +113,7 @@ def bundle_model(
         max_length=training.max_length,
         id_column=data.id_column,
         label_column=data.label_column,
+        missing_fields=data.missing_fields,
         trainable_layers=sorted(trainable_blocks(peft_model)),
         mlflow_run_id=run.info.run_id if run else None,
         **base_identity(model.name_or_path, resolve_base_checkpoint(model.name_or_path)),
