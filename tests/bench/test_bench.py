@@ -219,6 +219,36 @@ def test_bench_scale_writes_its_json_from_fresh_processes(tiny_qwen3, small_spec
     assert {"bench_scale.json"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
+def test_bench_data_writes_its_json_from_fresh_processes(tiny_qwen3, tmp_path, monkeypatch):
+    from toptune.bench import data as bench_data
+    from toptune.integrations import bench_data as cli
+
+    tracked_runs(tmp_path, monkeypatch)
+    cfg = bench_data.DataBenchConfig(
+        data_path=str(ROOT / "data" / "01_raw" / "reviews.csv"),
+        rows=(600, 2_400),
+        max_length=32,
+        work_dir=str(tmp_path / "work"),
+        model_dir=str(tiny_qwen3),
+        out_dir=str(tmp_path / "out"),
+    )
+    result = cli.main(cfg=cfg)
+    on_disk = json.loads((tmp_path / "out" / "bench_data.json").read_text())
+    lo, hi = on_disk["runs"]
+    assert on_disk["runs"] == result["runs"] and (lo["rows"], hi["rows"]) == (600, 2_400) == (
+        lo["rows_valid"],
+        hi["rows_valid"],
+    )
+    assert sum(hi["examples"].values()) == 2_400 and hi["tokens"] > 3 * lo["tokens"]
+    assert hi["stored_bytes"] >= 4 * hi["tokens"] and hi["table_bytes"] > lo["table_bytes"]
+    assert hi["peak_anon_rss_bytes"] >= hi["start_anon_rss_bytes"] > 0 and hi["seconds"] > 0
+    assert on_disk["summary"]["rows_ratio"] == 4 and not (tmp_path / "work").exists()
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("toptune-bench").experiment_id], output_format="list")
+    (m,) = [x for x in mlflow.MlflowClient().get_metric_history(run.info.run_id, "tokens") if x.step == 2_400]
+    assert m.value == hi["tokens"] and run.data.metrics["summary.rows_ratio"] == 4
+    assert {"bench_data.json"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+
 def test_bench_scale_summary_compares_the_extremes_of_the_shallowest_shape():
     point = lambda rows, layers, cache, rss, build, epoch: dict(  # noqa: E731
         rows=rows,

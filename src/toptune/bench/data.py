@@ -23,9 +23,7 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from toptune.bench.config import bench_training, device_name
+from toptune.bench.fresh import child_main, is_child, run_fresh
 from toptune.bench.rss import RssSampler, rss_anon_bytes
 from toptune.config import DEFAULT_MODEL_PATH
 
@@ -102,19 +101,14 @@ def measure_point(cfg: DataBenchConfig, csv: Path, store: Path) -> dict:
     }
 
 
-def run_point_subprocess(cfg: DataBenchConfig, csv: Path, store: Path) -> dict:
-    with tempfile.TemporaryDirectory(prefix="toptune-data-") as tmp:
-        out = Path(tmp) / "point.json"
-        job = {"config": dataclasses.asdict(cfg), "csv": str(csv), "store": str(store)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "toptune.bench.data", "--point", json.dumps(job), "--result", str(out)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"bench-data point {csv.name} failed (exit {proc.returncode}): {tail[0]}")
-        return json.loads(out.read_text())
+def run_point(cfg: DataBenchConfig, csv: Path, store: Path) -> dict:
+    job = {"config": dataclasses.asdict(cfg), "csv": str(csv), "store": str(store)}
+    return run_fresh("toptune.bench.data", job, f"bench-data point {csv.name}")
+
+
+def _measure_job(job: dict) -> dict:
+    cfg = DataBenchConfig(**{**job["config"], "rows": tuple(job["config"]["rows"])})
+    return measure_point(cfg, Path(job["csv"]), Path(job["store"]))
 
 
 def cached_epoch(cfg: DataBenchConfig, store: Path) -> dict:
@@ -173,7 +167,7 @@ def run_data_bench(cfg: DataBenchConfig, log=print) -> dict:
     for rows in sorted(cfg.rows):
         csv, store = work / f"reviews-{rows}.csv", work / f"store-{rows}"
         write_table(cfg.data_path, rows, csv)
-        r = run_point_subprocess(cfg, csv, store)
+        r = run_point(cfg, csv, store)
         csv.unlink()
         log(
             f"bench-data: {r['rows']:,} rows ({r['tokens']:,} tokens): peak anon RSS "
@@ -220,16 +214,5 @@ def main(argv: list[str] | None = None, cfg: DataBenchConfig | None = None) -> d
     return result
 
 
-def _point_main(argv: list[str]) -> None:
-    """The child process: ``--point JOB --result FILE``."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--point", required=True)
-    p.add_argument("--result", required=True)
-    a = p.parse_args(argv)
-    job = json.loads(a.point)
-    cfg = DataBenchConfig(**{**job["config"], "rows": tuple(job["config"]["rows"])})
-    Path(a.result).write_text(json.dumps(measure_point(cfg, Path(job["csv"]), Path(job["store"]))))
-
-
 if __name__ == "__main__":
-    _point_main(sys.argv[1:]) if "--point" in sys.argv else main()
+    child_main(sys.argv[1:], _measure_job) if is_child(sys.argv) else main()

@@ -21,9 +21,7 @@ import dataclasses
 import gc
 import json
 import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 from transformers import set_seed
 
 from toptune.bench.config import BENCH_SPEC, bench_training, device_name
+from toptune.bench.fresh import child_main, is_child, run_fresh
 from toptune.bench.rss import RssSampler
 from toptune.bench.timing import timed
 from toptune.cache import fit_cached, prepare_cache
@@ -164,20 +163,8 @@ def summary(runs: list[dict]) -> dict[str, float]:
 
 def run_point_subprocess(sc: ScaleConfig, shape: Shape, multiple: int) -> dict:
     """:func:`measure_point` in a fresh Python process (its own peak memory, its own allocator)."""
-    with tempfile.TemporaryDirectory(prefix="toptune-scale-") as tmp:
-        out = Path(tmp) / "point.json"
-        job = {"config": dataclasses.asdict(sc), "shape": dataclasses.asdict(shape), "multiple": multiple}
-        proc = subprocess.run(
-            [sys.executable, "-m", "toptune.bench.scale", "--point", json.dumps(job), "--result", str(out)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(
-                f"bench-scale point {shape.num_layers} blocks x{multiple} failed (exit {proc.returncode}): {tail[0]}"
-            )
-        return json.loads(out.read_text())
+    job = {"config": dataclasses.asdict(sc), "shape": dataclasses.asdict(shape), "multiple": multiple}
+    return run_fresh("toptune.bench.scale", job, f"bench-scale point {shape.num_layers} blocks x{multiple}")
 
 
 def config_from_dict(d: dict) -> ScaleConfig:
@@ -236,16 +223,10 @@ def main(argv: list[str] | None = None, sc: ScaleConfig | None = None) -> dict:
     return result
 
 
-def _point_main(argv: list[str]) -> None:
-    """The child process: ``--point JOB --result FILE``."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--point", required=True)
-    p.add_argument("--result", required=True)
-    a = p.parse_args(argv)
-    job = json.loads(a.point)
+def _measure_job(job: dict) -> dict:
     shape = Shape(**{**job["shape"], "multiples": tuple(job["shape"]["multiples"])})
-    Path(a.result).write_text(json.dumps(measure_point(config_from_dict(job["config"]), shape, job["multiple"])))
+    return measure_point(config_from_dict(job["config"]), shape, job["multiple"])
 
 
 if __name__ == "__main__":
-    _point_main(sys.argv[1:]) if "--point" in sys.argv else main()
+    child_main(sys.argv[1:], _measure_job) if is_child(sys.argv) else main()

@@ -1,6 +1,6 @@
 """From the raw table to the token store, streaming: each batch of rows is validated, serialised,
 tokenised and appended to disk; what stays in memory per row is its keys (two 64-bit hashes, a class
-index, a length, a truncation flag: 25 bytes). Then the rows kept and the data split are decided on
+index, a truncation flag: 21 bytes). Then the rows kept and the data split are decided on
 those arrays (:mod:`toptune.data.split`) and each split is gathered, in split order, from the rows on
 disk into its own store (:mod:`toptune.data.store`).
 

@@ -33,8 +33,9 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
         return run.info.run_id
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = data.parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, cfg: data.DataBenchConfig | None = None) -> dict:
+    """``make bench-data``: the data bench's result (``cfg``, else from ``argv``), also logged to MLflow."""
+    cfg = cfg or data.parse_args(sys.argv[1:] if argv is None else argv)
     result = data.main(cfg=cfg)
     print(f"logged to MLflow experiment {EXPERIMENT}, run {log_to_mlflow(result, cfg.out_dir)}")
     return result
