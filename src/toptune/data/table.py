@@ -106,17 +106,20 @@ class Serialised:
     """(rows,) bool: which rows of the batch are valid."""
 
 
-def row_reasons(df: pd.DataFrame, cfg: DataConfig, need_label: bool = True) -> tuple[np.ndarray, Counter]:
+def row_reasons(
+    df: pd.DataFrame, cfg: DataConfig, need_label: bool = True, kinds: dict | None = None
+) -> tuple[np.ndarray, Counter]:
     """Per row the first reason it cannot be used (``empty_text:<col>``, ``non_string:<col>``,
     ``nan_label:<col>``) or '', and the ``filled_missing_<column>`` counts of the rows kept.
 
     ``data.missing_fields: fill``: a blank cell renders as empty text; a row is empty only when every
     template column is blank. ``drop``: any blank template cell drops the row. One rule for training,
     predict and serve: a template cell that is not a string (a number, a list, …) is a broken cell.
+    ``kinds``: the template columns' :func:`cell_kinds`, when the caller has them already.
     """
     reasons = np.full(len(df), "", dtype=object)
     cols = template_columns(cfg.text_template)
-    kinds = {col: cell_kinds(df[col]) for col in cols}
+    kinds = kinds or {col: cell_kinds(df[col]) for col in cols}
     all_blank = np.logical_and.reduce([kinds[c][0] for c in cols]) if cols else np.zeros(len(df), bool)
     for col in cols:
         blank, is_str = kinds[col]
@@ -135,13 +138,14 @@ def row_reasons(df: pd.DataFrame, cfg: DataConfig, need_label: bool = True) -> t
     return reasons, filled
 
 
-def render(df: pd.DataFrame, template: str) -> list[str]:
-    """Serialise each row with ``template``; a blank cell renders as empty text. Plain ``{column}`` fields
-    are joined column-wise (vectorised); a template with format specs, conversions or attribute access
-    is formatted row by row with ``str.format``."""
+def render(df: pd.DataFrame, template: str, blank: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Serialise each row with ``template``; a blank cell renders as empty text (``blank``: the columns'
+    blank masks, when the caller has them). Plain ``{column}`` fields are joined column-wise (vectorised);
+    a template with format specs, conversions or attribute access is formatted row by row with ``str.format``."""
     parts = _parse(template)
     cols = template_columns(template)
-    cells = {c: df[c].where(~cell_kinds(df[c])[0], "") for c in cols}
+    blank = blank or {c: cell_kinds(df[c])[0] for c in cols}
+    cells = {c: df[c].where(~blank[c], "") for c in cols}
     if all(spec in (None, "") and conv is None and (name is None or name in cols) for _, name, spec, conv in parts):
         out = pd.Series("", index=df.index, dtype=object)
         for literal, name, _, _ in parts:
@@ -165,7 +169,8 @@ def serialise(df: pd.DataFrame, cfg: DataConfig, first_row: int, need_label: boo
     """Validate and serialise one batch whose first row is row ``first_row`` of the whole table; drops are
     counted, or the first one fails naming the row and column under ``data.bad_rows: error``."""
     df.columns = [str(c) for c in df.columns]
-    reasons, counts = row_reasons(df, cfg, need_label)
+    kinds = {col: cell_kinds(df[col]) for col in template_columns(cfg.text_template)}  # once per batch
+    reasons, counts = row_reasons(df, cfg, need_label, kinds)
     bad = reasons != ""
     if cfg.bad_rows == "error" and bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -182,7 +187,13 @@ def serialise(df: pd.DataFrame, cfg: DataConfig, first_row: int, need_label: boo
     else:
         ids = [str(first_row + i) for i in np.flatnonzero(~bad)]
     labels = ok[cfg.label_column] if need_label else pd.Series(dtype=object)
-    return Serialised(ids, render(ok, cfg.text_template), labels.reset_index(drop=True), counts, ~bad)
+    return Serialised(
+        ids,
+        render(ok, cfg.text_template, {c: k[0][~bad] for c, k in kinds.items()}),
+        labels.reset_index(drop=True),
+        counts,
+        ~bad,
+    )
 
 
 def check_split_sizes(class_counts: dict[str, int], cfg: DataConfig) -> None:

@@ -42,6 +42,25 @@ def start_run(run_name: str):
     return mlflow.start_run(run_name=run_name)
 
 
+def log_by_rows(run_name: str, result: dict, json_path: str, metric=lambda row, key: key) -> str:
+    """One MLflow run of a bench whose points grow in rows (bench-scale, bench-data): the configuration as
+    parameters, each point's numbers as metrics ``metric(point, key)`` with its rows as the step, the
+    summary as ``summary.*``, the JSON as artifact; returns the run id."""
+    with start_run(run_name) as run:
+        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
+        mlflow.set_tag("device", result["machine"])
+        for r in result["runs"]:
+            for key, value in r.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "rows":
+                    mlflow.log_metric(metric(r, key), float(value), step=int(r["rows"]))
+        mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
+        if "cached_epoch" in result:
+            log_numbers("cached_epoch", result["cached_epoch"])
+        if os.path.exists(json_path):
+            mlflow.log_artifact(json_path)
+        return run.info.run_id
+
+
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run: each bench's config as parameters, each run's figures and the ratios as metrics
     (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON and PNG as artifacts."""

@@ -9,28 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-import mlflow
-
 from toptune.bench import data
-from toptune.integrations.bench import EXPERIMENT, flat, start_run
+from toptune.integrations.bench import EXPERIMENT, log_by_rows
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
-    with start_run("bench-data") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
-        mlflow.set_tag("device", result["machine"])
-        for r in result["runs"]:
-            for key, value in r.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "rows":
-                    mlflow.log_metric(key, float(value), step=int(r["rows"]))
-        mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
-        for key, value in result.get("cached_epoch", {}).items():
-            if isinstance(value, (int, float)):
-                mlflow.log_metric(f"cached_epoch.{key}", float(value))
-        path = os.path.join(out_dir, data.DATA_JSON)
-        if os.path.exists(path):
-            mlflow.log_artifact(path)
-        return run.info.run_id
+    """One MLflow run ``bench-data``: configuration, each size's figures by rows, the summary, the JSON."""
+    return log_by_rows("bench-data", result, os.path.join(out_dir, data.DATA_JSON))
 
 
 def main(argv: list[str] | None = None, cfg: data.DataBenchConfig | None = None) -> dict:

@@ -10,26 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
-import mlflow
-
 from toptune.bench import scale
-from toptune.integrations.bench import EXPERIMENT, flat, start_run
+from toptune.integrations.bench import EXPERIMENT, log_by_rows
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run ``bench-scale``: configuration, each point's figures by rows, the summary, the JSON."""
-    with start_run("bench-scale") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
-        mlflow.set_tag("device", result["machine"])
-        for r in result["runs"]:
-            for key, value in r.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "rows":
-                    mlflow.log_metric(f"L{r['num_layers']}.{key}", float(value), step=int(r["rows"]))
-        mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
-        path = os.path.join(out_dir, scale.SCALE_JSON)
-        if os.path.exists(path):
-            mlflow.log_artifact(path)
-        return run.info.run_id
+    path = os.path.join(out_dir, scale.SCALE_JSON)
+    return log_by_rows("bench-scale", result, path, lambda r, key: f"L{r['num_layers']}.{key}")
 
 
 def main(argv: list[str] | None = None, sc: scale.ScaleConfig | None = None) -> dict:
