@@ -64,7 +64,7 @@ def test_default_pipeline_end_to_end(project, tiny_qwen3):
     }
     assert "adapter/adapter_model.safetensors" in arts and "adapter/adapter_config.json" in arts
     plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
-    assert plots == {"plots/confusion_matrix.png", "plots/training_curves.png"}
+    assert plots == {"plots/confusion_matrix.png", "plots/reliability.png", "plots/training_curves.png"}
     bundle = json.loads((project / "data/06_models/adapter/toptune.json").read_text())
     assert bundle["mlflow_run_id"] == r.info.run_id and bundle["id2label"] == {
         "0": "negative",

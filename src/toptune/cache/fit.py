@@ -29,6 +29,7 @@ from toptune.train.batches import eval_split
 from toptune.train.checkpoint.resume import Checkpoints
 from toptune.train.history import EvalResult
 from toptune.train.loop import TrainResult, train
+from toptune.train.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def fit_cached(
     cache: PrefixCache | None = None,
     cache_dir: str | Path | None = None,
     checkpoints: Checkpoints | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train on ``data['train']`` from the prefix cache (built or reused first), validating on the
     cached ``data['val']`` each epoch; same loop, optimiser and schedule as the live modes.
@@ -103,9 +105,8 @@ def fit_cached(
     with prefix_offloaded(clf) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        return train(
-            clf.model, train_b, cached_logits(clf.model, clf.first_trainable_block), cfg, clf.device, val_b, checkpoints
-        )
+        logits_fn = cached_logits(clf.model, clf.first_trainable_block)
+        return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints, objective)
 
 
 def predict_cached(

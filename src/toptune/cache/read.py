@@ -23,6 +23,7 @@ from torch import Tensor
 from toptune.cache.batches import CachedSplit
 from toptune.cache.plan import INDEX_COLUMNS
 from toptune.cache.store import MANIFEST, CacheInvalid, check_shards, read_manifest
+from toptune.data.batches import label_array
 from toptune.data.tokens import Encoded
 
 
@@ -111,7 +112,7 @@ class PrefixCache:
             offsets,
             lengths,
             pooled,
-            np.asarray(enc.labels, dtype=np.int64),
+            label_array(enc.labels),
             self.compute_dtype,
         )
 

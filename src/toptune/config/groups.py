@@ -11,7 +11,7 @@ column, K or a list of block indices) is the group's ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -21,6 +21,7 @@ from toptune.config.types import (
     INSPECT_MODES,
     STRICT,
     BadRows,
+    ClassWeights,
     Count,
     Device,
     Dtype,
@@ -31,10 +32,13 @@ from toptune.config.types import (
     NonNegative,
     Positive,
     PrefixMode,
+    ProblemType,
+    RegressionLoss,
     Share,
     Split,
 )
 from toptune.errors import ConfigError
+from toptune.task import check_metric, default_metric
 
 
 @dataclass(config=STRICT)
@@ -44,7 +48,14 @@ class DataConfig:
     text_template: str = "Product: {product}\nChannel: {channel}\nReview: {review}"
     """``str.format`` template over the table's columns; each row becomes one text."""
     label_column: NonBlank = "sentiment"
-    """Column holding the class label (any values; the sorted distinct values become classes)."""
+    """Column holding the label: a class (any value; the sorted distinct values become classes), several
+    classes (multi-label: a string joined by ``label_separator`` or a list cell) or a number (regression)."""
+    problem_type: ProblemType = "single_label_classification"
+    """``single_label_classification`` (one class per row), ``multi_label_classification`` (any number of
+    classes per row: a sigmoid and a tuned threshold per class) or ``regression`` (one number per row)."""
+    label_separator: NonBlank = ";"
+    """Multi-label: splits a text label cell into its labels (whitespace around each stripped, empty pieces
+    ignored); list cells (Parquet, Hugging Face datasets) are taken as they are."""
     id_column: str | None = "id"
     """Column identifying a row in predictions; None (or absent) = the row number."""
     val_fraction: HeldOut = 0.1
@@ -52,7 +63,8 @@ class DataConfig:
     test_fraction: HeldOut = 0.1
     """Share of rows held out for the final test metrics (stratified)."""
     min_class_rows: Annotated[int, Field(ge=3)] = 10
-    """Classes with fewer rows cannot be split into train/val/test: they are dropped and counted."""
+    """Classes with fewer rows cannot be split into train/val/test: they are dropped and counted (multi-label:
+    per label; a row left with no label is dropped). Not used by regression."""
     drop_duplicates: bool = True
     """Drop rows whose text and label repeat an earlier row (counted); False keeps them."""
     bad_rows: BadRows = "drop"
@@ -198,9 +210,24 @@ class TrainingConfig:
     resume: NonBlank = "auto"
     """``auto``: continue the newest complete checkpoint made for this configuration (and its MLflow run);
     ``never``: start over; a checkpoint directory: continue that one, or fail saying what differs."""
-    metric_for_best: MetricForBest = "macro_f1"
-    """Validation metric that picks the epoch whose adapter is saved, exported and tested: ``macro_f1``
-    or ``accuracy`` (higher wins), ``loss`` (lower wins)."""
+    metric_for_best: MetricForBest | None = None
+    """Validation metric that picks the epoch whose adapter is saved, exported and tested; null = the kind's
+    default (``macro_f1`` for classification, ``rmse`` for regression). Single-label: ``macro_f1``,
+    ``accuracy``, ``loss``; multi-label: ``macro_f1``, ``micro_f1``, ``subset_accuracy``, ``hamming_loss``,
+    ``loss``; regression: ``rmse``, ``mae``, ``r2``, ``spearman``, ``pearson``, ``loss`` (``loss``, ``rmse``,
+    ``mae``, ``hamming_loss``: lower wins)."""
+    class_weights: ClassWeights | dict[str | int, Positive] = "none"
+    """Classification: ``none``; ``balanced`` (scikit-learn's ``n / (C · n_c)`` on the training split as
+    cross-entropy weights; multi-label: ``pos_weight = negatives / positives`` per class); or a mapping
+    class → weight (classes left out weigh 1). The weights used are logged and kept in the bundle."""
+    regression_loss: RegressionLoss = "mse"
+    """Regression: ``mse`` or ``huber`` (delta 1, on the standardised target)."""
+    calibrate: bool = True
+    """Classification: fit a temperature on the validation split after the kept epoch (L-BFGS on its NLL)
+    and apply it in evaluate, predict and serve; ECE before and after is logged."""
+    thresholds: Literal["tune"] | Annotated[float, Field(gt=0, lt=1)] = "tune"
+    """Multi-label: ``tune`` (per class, the threshold that maximises its validation F1, after calibration;
+    0.5 for a class with no validation positive) or one probability in (0, 1) for every class."""
     early_stopping_patience: NonNegative | None = None
     """Stop once the best epoch lies this many epochs back; null or 0: run every epoch."""
 
@@ -271,6 +298,31 @@ class RunConfig:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
     inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+
+    def __post_init__(self) -> None:
+        check_kind(self.data, self.training)
+
+
+def check_kind(data: DataConfig, training: TrainingConfig) -> None:
+    """The parameters that depend on ``data.problem_type``, checked against it, and ``training.metric_for_best``
+    filled with the kind's default when it is null (``training`` is updated in place)."""
+    kind = data.problem_type
+    if kind == "regression":
+        if training.class_weights != "none":
+            raise ConfigError("training.class_weights applies to classification; data.problem_type is regression")
+        if training.thresholds != "tune":
+            raise ConfigError(
+                "training.thresholds applies to multi-label classification; data.problem_type is regression"
+            )
+    elif training.regression_loss != "mse":
+        raise ConfigError(f"training.regression_loss applies to regression; data.problem_type is {kind}")
+    if kind == "single_label_classification" and training.thresholds != "tune":
+        raise ConfigError(
+            "training.thresholds applies to multi-label classification; data.problem_type is single-label"
+        )
+    if training.metric_for_best is None:
+        training.metric_for_best = default_metric(kind)  # type: ignore[assignment]  # one of METRICS[kind]
+    check_metric(str(training.metric_for_best), kind)
 
 
 GROUPS: dict[str, type] = {

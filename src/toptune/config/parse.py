@@ -52,7 +52,11 @@ def parse_params(params: Mapping[str, Any] | None) -> RunConfig:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown parameter group '{name}'{hint}; known groups: {', '.join(sorted(GROUPS))}")
         groups[name] = parse_group(GROUPS[name], params[name], name)
-    return RunConfig(**groups)
+    try:
+        return RunConfig(**groups)
+    except ValidationError as e:  # a check across groups (RunConfig.__post_init__), already one line
+        error = e.errors()[0].get("ctx", {}).get("error")
+        raise error if isinstance(error, ConfigError) else e from None
 
 
 def parse_group(cls: type[T], values: Any, group: str) -> T:

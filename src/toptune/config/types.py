@@ -18,9 +18,25 @@ DEFAULT_MODEL_PATH = "data/06_models/tiny-qwen3"
 PrefixMode = Literal["auto", "no_grad", "autograd", "cache"]
 PREFIX_MODES: tuple[str, ...] = typing.get_args(PrefixMode)
 """How the frozen prefix runs (``training.prefix_mode``)."""
-MetricForBest = Literal["macro_f1", "accuracy", "loss"]
+MetricForBest = Literal[
+    "macro_f1",
+    "accuracy",
+    "loss",
+    "micro_f1",
+    "subset_accuracy",
+    "hamming_loss",
+    "rmse",
+    "mae",
+    "r2",
+    "spearman",
+    "pearson",
+]
 METRICS_FOR_BEST: tuple[str, ...] = typing.get_args(MetricForBest)
 """Validation metrics that can pick the kept epoch (``training.metric_for_best``)."""
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+"""What one row's label is (``data.problem_type``): transformers' own names."""
+ClassWeights = Literal["none", "balanced"]
+RegressionLoss = Literal["mse", "huber"]
 BadRows = Literal["drop", "error"]
 BAD_ROW_POLICIES: tuple[str, ...] = typing.get_args(BadRows)
 """What becomes of a row with an empty or non-string text cell (``data.bad_rows``, ``predict.bad_rows``, …)."""

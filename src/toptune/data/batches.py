@@ -19,10 +19,20 @@ def pad(flat: np.ndarray, lengths: np.ndarray, pad_token_id: int) -> tuple[torch
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
+def label_array(labels: np.ndarray) -> np.ndarray:
+    """Stored labels as the loss takes them: class indices (N,) int64 (single-label), else float32
+    (multi-hot (N, C), or regression values (N,))."""
+    a = np.asarray(labels)
+    if a.ndim == 1 and np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.int64)
+    return a.astype(np.float32)
+
+
 def rows_batch(enc: Encoded, idx: np.ndarray, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of ``enc`` as a batch: ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,)."""
+    """Rows ``idx`` of ``enc`` as a batch: ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B, …)
+    (:func:`label_array`)."""
     ids, mask = pad(*enc.gather(idx), pad_token_id)
-    labels = torch.from_numpy(np.asarray(enc.labels[np.asarray(idx, dtype=np.int64)], dtype=np.int64))
+    labels = torch.from_numpy(label_array(enc.labels[np.asarray(idx, dtype=np.int64)]))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

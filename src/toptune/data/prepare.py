@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from toptune.config import DataConfig
 from toptune.data import read
+from toptune.data.labels import label_keys, numbers
 from toptune.data.split import Kept, row_hashes, select_rows, split_rows
 from toptune.data.store import SplitWriter, open_split, read_store, write_manifest
 from toptune.data.table import (
@@ -33,10 +34,10 @@ from toptune.data.table import (
     EXAMPLE_ROWS,
     check_columns,
     check_text_columns,
-    label_text,
     serialise,
     template_columns,
 )
+from toptune.data.targets import Targets, targets_of
 from toptune.data.tokens import Encoded, tokenise
 from toptune.errors import DataValidationError
 
@@ -87,14 +88,16 @@ class _Keys:
     """Per valid row, in table order: the keys the selection and the split need (never the text)."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[np.ndarray]] = {"text": [], "pair": [], "code": [], "cut": []}
-        self.names: dict[str, int] = {}  # label → class index in order of first appearance
+        self.parts: dict[str, list[np.ndarray]] = {"text": [], "pair": [], "code": [], "cut": [], "value": []}
+        self.names: dict[str, int] = {}  # canonical label text → its index in order of first appearance
 
-    def add(self, texts: list[str], labels: list[str], cut: np.ndarray) -> np.ndarray:
+    def add(self, texts: list[str], labels: list[str], cut: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """One batch's rows; ``values``: a regression batch's (n,) float64 targets."""
         text, pair = row_hashes(texts, labels)
         codes = np.fromiter((self.names.setdefault(x, len(self.names)) for x in labels), np.int32, len(labels))
-        for k, v in (("text", text), ("pair", pair), ("code", codes), ("cut", cut)):
-            self.parts[k].append(v)
+        for k, v in (("text", text), ("pair", pair), ("code", codes), ("cut", cut), ("value", values)):
+            if v is not None:
+                self.parts[k].append(v)
         return codes
 
     def array(self, key: str) -> np.ndarray:
@@ -147,9 +150,9 @@ def read_rows(table, cfg: DataConfig, tokenizer, max_length: int, directory: Pat
         counts.update(s.counts)
         if sum(len(e) for e in examples) < EXAMPLE_ROWS:
             examples.append(batch[s.valid][keep].head(EXAMPLE_ROWS))
-        labels = [label_text(v) for v in s.labels]
+        labels = label_keys(s.labels, cfg)
         flat, lengths, cut = _token_rows(s.texts, s.ids, tokenizer, max_length)
-        writer.append(flat, lengths, keys.add(s.texts, labels, cut), s.ids)
+        writer.append(flat, lengths, keys.add(s.texts, labels, cut, _values(s.labels, cfg)), s.ids)
         texts_out.write_table(pa.table({"id": s.ids, "text": s.texts, "label": labels}, schema=TEXTS))
         first_row += len(batch)
         bar.update(len(batch))
@@ -170,33 +173,24 @@ def prepare_store(
     root.mkdir(parents=True)
     scratch = root / "_rows"
     keys, counts, examples, entry = read_rows(table, cfg, tokenizer, max_length, scratch, progress)
-    names, seen = list(keys.names), keys.array("code").astype(np.int64)  # classes in order of first appearance
+    names, seen = list(keys.names), keys.array("code").astype(np.int64)  # labels in order of first appearance
     kept = select_rows(keys.array("text"), keys.array("pair"), seen, names, cfg)
-    classes, codes = class_codes(names, seen, kept.rows)
+    targets = targets_of(cfg, names, seen, kept, keys.array("value") if keys.parts["value"] else None)
     cut = keys.array("cut").astype(bool)
     del keys, seen  # the hashes go before the split's own arrays are made
-    splits = split_rows(codes[kept.rows], cfg, split_seed, classes)
+    splits = split_rows(targets.strata, cfg, split_seed, targets.strata_names, targets.stratified)
     rows = open_split(scratch, entry)
     entries = {}
     for name, idx in splits.items():
-        entries[name] = _write_split(rows, kept.rows[idx], codes, cut, root / name)
+        entries[name] = _write_split(rows, kept.rows[idx], targets, cut, root / name)
     _keep_texts(scratch / "texts.parquet", kept.rows, root / "texts.parquet")
     del rows
     shutil.rmtree(scratch)
     quality = quality_of(counts, kept)
-    id2label = dict(enumerate(classes))
-    write_manifest(root, entries, {"id2label": {str(k): v for k, v in id2label.items()}, "quality": quality})
+    id2label = dict(enumerate(targets.classes))
+    labels = {"id2label": {str(k): v for k, v in id2label.items()}, "problem_type": cfg.problem_type}
+    write_manifest(root, entries, {**labels, "quality": quality})
     return Prepared(quality, id2label, examples, root, entries)
-
-
-def class_codes(names: list[str], seen: np.ndarray, kept: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The classes (sorted labels of the kept rows) and every valid row's index among them (-1 for a class
-    no kept row has): ``seen`` numbers labels in order of first appearance, as ``names`` lists them."""
-    present = np.unique(seen[kept])
-    classes = sorted(names[c] for c in present)
-    index = np.full(len(names), -1, dtype=np.int32)
-    index[present] = [classes.index(names[c]) for c in present]
-    return classes, index[seen]
 
 
 def quality_of(counts: Counter, kept: Kept) -> dict[str, int]:
@@ -208,14 +202,18 @@ def quality_of(counts: Counter, kept: Kept) -> dict[str, int]:
     return quality
 
 
-def _write_split(rows, positions: np.ndarray, codes: np.ndarray, cut: np.ndarray, directory: Path) -> dict:
+def _values(labels: pd.Series, cfg: DataConfig) -> np.ndarray | None:
+    return numbers(labels) if cfg.problem_type == "regression" else None
+
+
+def _write_split(rows, positions: np.ndarray, targets: Targets, cut: np.ndarray, directory: Path) -> dict:
     """Rows ``positions`` of the rows on disk, in that order, as one split's store."""
-    writer = SplitWriter(directory)
+    writer = SplitWriter(directory, targets.dtype, targets.shape)
     for i in range(0, len(positions), GATHER_ROWS):
         pos = positions[i : i + GATHER_ROWS]
         flat, lengths = rows.gather(pos)
         ids = rows.ids.take(pa.array(pos)).to_pylist()
-        writer.append(flat, lengths, codes[pos], ids, int(cut[pos].sum()))
+        writer.append(flat, lengths, targets.of(pos), ids, int(cut[pos].sum()))
     return writer.close()
 
 
@@ -250,13 +248,13 @@ def texts_table(table, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     for batch in read.batches(table):
         s = serialise(batch, cfg, first_row)
         counts.update(s.counts)
-        labels = [label_text(v) for v in s.labels]
-        keys.add(s.texts, labels, np.zeros(len(labels), bool))
+        labels = label_keys(s.labels, cfg)
+        keys.add(s.texts, labels, np.zeros(len(labels), bool), _values(s.labels, cfg))
         parts.append(pd.DataFrame({"id": s.ids, "text": s.texts, "label": labels}))
         first_row += len(batch)
     if not first_row:
         raise DataValidationError("raw_data is empty: the table has no rows")
-    kept = select_rows(
-        keys.array("text"), keys.array("pair"), keys.array("code").astype(np.int64), list(keys.names), cfg
-    )
+    names, seen = list(keys.names), keys.array("code").astype(np.int64)
+    kept = select_rows(keys.array("text"), keys.array("pair"), seen, names, cfg)
+    targets_of(cfg, names, seen, kept, keys.array("value") if keys.parts["value"] else None)  # multi-label: rare labels
     return pd.concat(parts, ignore_index=True).iloc[kept.rows].reset_index(drop=True), quality_of(counts, kept)

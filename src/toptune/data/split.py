@@ -64,7 +64,9 @@ def select_rows(
     text_hash: np.ndarray, pair_hash: np.ndarray, codes: np.ndarray, names: list[str], cfg: DataConfig
 ) -> Kept:
     """Duplicates dropped (first kept), texts with several labels counted, classes with fewer than
-    ``data.min_class_rows`` rows dropped, the ``data.sample_rows`` cap taken (the first rows of each class)."""
+    ``data.min_class_rows`` rows dropped, the ``data.sample_rows`` cap taken (the first rows of each class).
+    Multi-label and regression rows have no one class: the cap takes the first rows (multi-label labels
+    are counted afterwards, :func:`toptune.data.targets.targets_of`)."""
     rows = np.arange(len(codes), dtype=np.int64)
     counts = {}
     keep = first_of_each(pair_hash) if cfg.drop_duplicates else np.ones(len(rows), bool)
@@ -73,6 +75,12 @@ def select_rows(
     counts["conflicting_labels"] = (
         int(repeated(text_hash[rows]).sum()) if cfg.drop_duplicates else _conflicts(text_hash, pair_hash)
     )
+    if cfg.problem_type != "single_label_classification":  # no class per row: the rows as they come
+        counts["dropped_small_class"] = 0
+        before = len(rows)
+        rows = rows[: cfg.sample_rows] if cfg.sample_rows else rows
+        counts["dropped_sample_rows"] = before - len(rows)
+        return Kept(rows, counts)
     class_rows = np.bincount(codes[rows], minlength=len(names))
     small = class_rows < cfg.min_class_rows
     drop = small[codes[rows]]
@@ -100,14 +108,20 @@ def _conflicts(text_hash: np.ndarray, pair_hash: np.ndarray) -> int:
     return int(np.isin(text_hash, clashing).sum())
 
 
-def split_rows(codes: np.ndarray, cfg: DataConfig, seed: int, names: list[str]) -> dict[str, np.ndarray]:
-    """Stratified, seeded train / val / test split of rows with class ``codes``: per split the row
-    positions in split order (scikit-learn's ``train_test_split``, as on a table of those rows).
-    Sizes are checked first: one line naming the fraction."""
+def split_rows(
+    codes: np.ndarray, cfg: DataConfig, seed: int, names: list[str], stratified: bool = True
+) -> dict[str, np.ndarray]:
+    """Seeded train / val / test split of rows with stratum ``codes`` (a class, a quantile; stratified unless
+    ``stratified`` is False): per split the row positions in split order (scikit-learn's
+    ``train_test_split``, as on a table of those rows). Sizes are checked first: one line naming the fraction."""
     counts = np.bincount(codes, minlength=len(names))
-    check_split_sizes({names[c]: int(n) for c, n in enumerate(counts) if n}, cfg)
+    check_split_sizes(
+        {names[c]: int(n) for c, n in enumerate(counts) if n} if stratified else {"rows": len(codes)}, cfg
+    )
     rows = np.arange(len(codes), dtype=np.int64)
-    rest, test = train_test_split(rows, test_size=cfg.test_fraction, stratify=codes, random_state=seed)
+    strata = codes if stratified else None
+    rest, test = train_test_split(rows, test_size=cfg.test_fraction, stratify=strata, random_state=seed)
     val_share = cfg.val_fraction / (1 - cfg.test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=codes[rest], random_state=seed)
+    strata = codes[rest] if stratified else None
+    train, val = train_test_split(rest, test_size=val_share, stratify=strata, random_state=seed)
     return dict(zip(SPLITS, (train, val, test), strict=True))

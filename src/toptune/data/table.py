@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 
 from toptune.config import DataConfig
+from toptune.data.labels import bad_labels
 from toptune.errors import DataValidationError
 
 SPLITS = ("train", "val", "test")
 EXAMPLE_ROWS = 64
 """Valid rows of the raw table kept with the model (export's merge check, the served model's input example)."""
-DROP_REASONS = ("empty_text", "non_string", "nan_label")
-"""Why a cell makes its row unusable, in the order they are tested (a row counts under its first)."""
+DROP_REASONS = ("empty_text", "non_string", "nan_label", "bad_label")
+"""Why a cell makes its row unusable, in the order they are tested (a row counts under its first);
+``bad_label``: a label cell that is not one of ``data.problem_type``'s (:mod:`toptune.data.labels`)."""
 
 
 def template_columns(template: str) -> list[str]:
@@ -107,10 +109,10 @@ class Serialised:
 
 
 def row_reasons(
-    df: pd.DataFrame, cfg: DataConfig, need_label: bool = True, kinds: dict | None = None
+    df: pd.DataFrame, cfg: DataConfig, need_label: bool = True, kinds: dict | None = None, first_row: int = 0
 ) -> tuple[np.ndarray, Counter]:
     """Per row the first reason it cannot be used (``empty_text:<col>``, ``non_string:<col>``,
-    ``nan_label:<col>``) or '', and the ``filled_missing_<column>`` counts of the rows kept.
+    ``nan_label:<col>``, ``bad_label:<col>``) or '', and the ``filled_missing_<column>`` counts of the rows kept.
 
     ``data.missing_fields: fill``: a blank cell renders as empty text; a row is empty only when every
     template column is blank. ``drop``: any blank template cell drops the row. One rule for training,
@@ -129,6 +131,7 @@ def row_reasons(
     if need_label:
         blank, _ = cell_kinds(df[cfg.label_column])
         reasons[(reasons == "") & blank] = f"nan_label:{cfg.label_column}"
+        reasons[(reasons == "") & bad_labels(df[cfg.label_column], cfg, first_row)] = f"bad_label:{cfg.label_column}"
     filled: Counter = Counter()
     if cfg.missing_fields == "fill":
         for col in cols:
@@ -157,20 +160,12 @@ def render(df: pd.DataFrame, template: str, blank: dict[str, np.ndarray] | None 
     return [template.format(**r) for r in frame.to_dict("records")]
 
 
-def label_text(v: object) -> str:
-    """A label cell as text, as written: ``1`` → ``"1"``. A float holding an integer loses its ``.0``
-    (pandas reads an integer column with one blank cell as floats: ``1.0`` is the label ``1``)."""
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def serialise(df: pd.DataFrame, cfg: DataConfig, first_row: int, need_label: bool = True) -> Serialised:
     """Validate and serialise one batch whose first row is row ``first_row`` of the whole table; drops are
     counted, or the first one fails naming the row and column under ``data.bad_rows: error``."""
     df.columns = [str(c) for c in df.columns]
     kinds = {col: cell_kinds(df[col]) for col in template_columns(cfg.text_template)}  # once per batch
-    reasons, counts = row_reasons(df, cfg, need_label, kinds)
+    reasons, counts = row_reasons(df, cfg, need_label, kinds, first_row)
     bad = reasons != ""
     if cfg.bad_rows == "error" and bad.any():
         row = int(np.flatnonzero(bad)[0])

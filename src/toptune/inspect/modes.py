@@ -19,7 +19,9 @@ from toptune.model.load import backbone, load_classifier, text_config
 from toptune.model.lora import param_counts
 from toptune.model.tokenizer import load_tokenizer
 from toptune.prefix.forward import forward_logits, pool_index, run_prefix
+from toptune.task import Task
 from toptune.train.device import autocast, resolve_device
+from toptune.train.objective import Objective, labels_kind
 from toptune.train.recipe import build_classifier, resolve_base_checkpoint
 
 MODES = INSPECT_MODES  # the names inspect.modes may hold (toptune.config), each explained here
@@ -110,18 +112,20 @@ def precomputed_prefix(model: nn.Module, batch: dict[str, Tensor], first_trainab
 
 def _step_fn(setup: _Setup, batch: dict[str, Tensor], device: torch.device) -> Callable[[], Tensor]:
     """The training step's forward (as ``toptune.train.loop.train`` runs it): logits under the device's
-    autocast, cross-entropy in fp32."""
+    autocast, the labels' loss (cross-entropy, BCE or MSE) in fp32."""
     first_trainable_block = min(setup.trainable_blocks)
 
     def forward(b: dict[str, Tensor]) -> Tensor:
         return forward_logits(setup.model, b["input_ids"], b["attention_mask"], first_trainable_block, setup.forward)
 
     logits_fn = cached_logits(setup.model, first_trainable_block) if setup.forward == "cache" else forward
+    labels = batch["labels"]
+    objective = Objective(Task(labels_kind(labels.cpu().numpy())))  # the loss of the labels' kind
 
     def step() -> Tensor:
         with autocast(device):
             logits = logits_fn(batch)  # (B, C)
-        return nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return objective.loss_sum(logits, labels) / len(labels)
 
     return step
 

@@ -130,3 +130,33 @@ class TokenisedDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class FiguresDataset(AbstractDataset):
+    """A directory of PNG plots: saving takes ``{name: matplotlib Figure}``, removes the PNGs an earlier run
+    left (another problem type draws other plots) and writes ``<name>.png`` each; wrapped in kedro-mlflow's
+    artifact dataset the directory is logged as ``plots/``."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def _save(self, data: dict) -> None:
+        import matplotlib.pyplot as plt  # only a run that plots pays matplotlib's import
+
+        out = Path(self._filepath)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob("*.png"):
+            stale.unlink()
+        for name, fig in data.items():
+            fig.savefig(out / f"{name}.png", dpi=110)
+            plt.close(fig)
+
+    def _load(self) -> list[str]:
+        return sorted(p.name for p in Path(self._filepath).glob("*.png"))
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -24,8 +24,9 @@ import toptune
 from toptune.config import ExportConfig
 from toptune.data.table import template_columns
 from toptune.integrations import pyfunc as pyfunc_model
-from toptune.serve.bundle import read_bundle
+from toptune.serve.bundle import bundle_task, read_bundle
 from toptune.serve.predict import TEXT_COLUMN, ServingConfig
+from toptune.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,17 @@ REQUIREMENTS = (
 )
 
 
-def signature(example: pd.DataFrame, serving: ServingConfig, labels: list[str], cfg: ExportConfig) -> ModelSignature:
+def signature(example: pd.DataFrame, serving: ServingConfig, task: Task, cfg: ExportConfig) -> ModelSignature:
     """Input: the id and template columns (types inferred from ``example``) or a ``text`` column, all
-    optional since either set will do; output: ``id``, ``label``, ``prob_<class>``; params: ``bad_rows``,
-    ``batch_size``."""
+    optional since either set will do; output: ``id`` and the task's answer columns (``label`` |
+    ``labels``, ``prob_<class>``; or ``prediction``); params: ``bad_rows``, ``batch_size``."""
     cols = [c for c in [serving.id_column, *template_columns(serving.text_template)] if c and c in example.columns]
     inferred = infer_signature(example[cols]).inputs.inputs if cols and len(example) else []
     inputs: list[ColSpec | TensorSpec] = [ColSpec(c.type, c.name, required=False) for c in inferred]
     if TEXT_COLUMN not in cols:
         inputs.append(ColSpec("string", TEXT_COLUMN, required=False))
-    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "id"), ColSpec("string", "label")]
-    outputs += [ColSpec("float", f"prob_{c}") for c in labels]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "id")]
+    outputs += [ColSpec("string" if c in ("label", "labels") else "float", c) for c in task.columns()]
     params = ParamSchema(
         [ParamSpec("bad_rows", "string", cfg.bad_rows), ParamSpec("batch_size", "long", cfg.batch_size)]
     )
@@ -65,8 +66,7 @@ def save_pyfunc(merged_dir: str | Path, example: pd.DataFrame, cfg: ExportConfig
     """Save the pyfunc model (code, merged model, signature, example, pinned requirements) to ``out_dir``."""
     bundle = read_bundle(merged_dir, "merged")
     serving = ServingConfig.of(bundle)
-    labels = [bundle.id2label[k] for k in sorted(bundle.id2label)]
-    sig = signature(example, serving, labels, cfg)
+    sig = signature(example, serving, bundle_task(bundle), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         # The package travels with the model; caches and anything but Python source stay behind.
         code = shutil.copytree(

@@ -31,7 +31,8 @@ log = logging.getLogger("toptune.serve.predict")
 
 
 class ToptuneClassifierModel(PythonModel):
-    """``predict(df)`` → DataFrame ``id``, ``label``, ``prob_<class>``.
+    """``predict(df)`` → DataFrame ``id``, then the task's answer: ``label`` + ``prob_<class>`` | ``labels`` +
+    ``prob_<class>`` | ``prediction``.
 
     ``df`` has the training table's columns (extra ones, the label column say, are ignored) or a
     ``text`` column of serialised texts. Params (per request, defaults from ``export.*``):

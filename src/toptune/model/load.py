@@ -54,8 +54,10 @@ def load_classifier(
     pad_token_id: int,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    problem_type: str = "single_label_classification",
 ) -> PreTrainedModel:
-    """The base checkpoint's language model with a new ``score`` head (initialised under ``seed``), label maps set.
+    """The base checkpoint's language model with a new ``score`` head of ``len(id2label)`` outputs (initialised
+    under ``seed``), label maps and ``problem_type`` (transformers' name) set.
 
     ``pad_token_id`` goes on the config since the model pools at the rightmost token that is not padding
     (many Qwen3 configs lack one; Qwen3.5's lives on its text config). The KV / recurrent cache is off:
@@ -72,7 +74,7 @@ def load_classifier(
     config.num_labels = len(id2label)
     config.id2label = {int(k): v for k, v in id2label.items()}
     config.label2id = {v: int(k) for k, v in id2label.items()}
-    config.problem_type = "single_label_classification"
+    config.problem_type = problem_type
     config.pad_token_id = pad_token_id
     config.use_cache = False
     torch.manual_seed(seed)

@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from toptune.errors import BundleError
 from toptune.io.hashing import files_sha256
+from toptune.task import SINGLE, Task
 
 BUNDLE_FILE = "toptune.json"
 """The bundle's manifest, beside the weights."""
@@ -73,6 +74,15 @@ class Bundle:
     """Block indices that carry LoRA."""
     missing_fields: str = "drop"
     """``data.missing_fields``: how a blank template cell renders (a bundle without the key: ``drop``)."""
+    problem_type: str = SINGLE
+    """``data.problem_type`` (a bundle without the key: single-label); the fields below are
+    :class:`toptune.task.Task`'s, documented there."""
+    label_separator: str = ";"
+    class_weights: list[float] | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    temperature: float = 1.0
+    thresholds: list[float] | None = None
     weights_sha256: str = ""
     """Hash of this bundle's own weights (adapter or merged safetensors); set by :func:`write_bundle`."""
     mlflow_run_id: str | None = None
@@ -80,6 +90,28 @@ class Bundle:
     format: int = BUNDLE_FORMAT
     extra: dict = field(default_factory=dict)
     """Free-form facts (``merged_from``: the adapter's weights hash, …)."""
+
+
+TASK_FIELDS = (
+    "problem_type",
+    "label_separator",
+    "class_weights",
+    "target_mean",
+    "target_std",
+    "temperature",
+    "thresholds",
+)
+"""The :class:`toptune.task.Task` fields a bundle records besides ``id2label``."""
+
+
+def task_fields(task: Task) -> dict:
+    """``task`` as :class:`Bundle` keyword arguments (``id2label`` apart)."""
+    return {k: getattr(task, k) for k in TASK_FIELDS}
+
+
+def bundle_task(bundle: Bundle) -> Task:
+    """The task a bundle's model answers."""
+    return Task(id2label=dict(bundle.id2label), **{k: getattr(bundle, k) for k in TASK_FIELDS})
 
 
 def trainable_blocks(adapter_config: dict) -> list[int]:
@@ -187,6 +219,10 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
         b = Bundle(**raw)
     except (ValueError, TypeError, KeyError) as e:
         raise BundleError(f"{path} is not a valid bundle manifest ({e})") from None
+    try:
+        bundle_task(b).check()
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}: the bundle is mixed") from None
     if b.format != BUNDLE_FORMAT or b.kind != kind:
         raise BundleError(
             f"{path}: a {b.kind} bundle of format {b.format}; expected a {kind} bundle of format {BUNDLE_FORMAT}"
@@ -205,20 +241,31 @@ def read_bundle(model_dir: str | Path, kind: str) -> Bundle:
                 f"{d}: adapter_config.json trains blocks {blocks}, {BUNDLE_FILE} says {b.trainable_layers}"
             )
     else:
-        labels = {int(k): v for k, v in read_config(d).get("id2label", {}).items()}
-        if labels != b.id2label:
-            raise BundleError(
-                f"{d}: config.json labels {sorted(labels.values())} differ from {BUNDLE_FILE}'s "
-                f"{sorted(b.id2label.values())}: the bundle is mixed; export again"
-            )
-        if tokenizer_sha256(d) != b.tokenizer_sha256:
-            raise BundleError(f"{d}: the tokenizer files are not the ones {BUNDLE_FILE} was written with")
+        _check_merged(d, b)
     rows = _score_rows(own[0]) if len(own) == 1 else None
     if rows is not None and rows != len(b.id2label):
         raise BundleError(
             f"{d}: the score head has {rows} classes, {BUNDLE_FILE} has {len(b.id2label)}: the bundle is mixed"
         )
     return b
+
+
+def _check_merged(d: Path, b: Bundle) -> None:
+    """A merged bundle's config.json must name the task's problem type and labels, its tokenizer the hashed one."""
+    config = read_config(d)
+    labels = {int(k): v for k, v in config.get("id2label", {}).items()}
+    if config.get("problem_type", SINGLE) != b.problem_type:
+        raise BundleError(
+            f"{d}: config.json problem_type {config.get('problem_type')!r} differs from {BUNDLE_FILE}'s "
+            f"{b.problem_type!r}: the bundle is mixed; export again"
+        )
+    if labels != b.id2label:
+        raise BundleError(
+            f"{d}: config.json labels {sorted(labels.values())} differ from {BUNDLE_FILE}'s "
+            f"{sorted(b.id2label.values())}: the bundle is mixed; export again"
+        )
+    if tokenizer_sha256(d) != b.tokenizer_sha256:
+        raise BundleError(f"{d}: the tokenizer files are not the ones {BUNDLE_FILE} was written with")
 
 
 def read_examples(model_dir: str | Path) -> pd.DataFrame:

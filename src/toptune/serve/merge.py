@@ -3,7 +3,8 @@ transformers model directory that predicts with no PEFT in the loop (see :mod:`t
 
 The merged model (``data/06_models/merged/``) is a bundle (:mod:`toptune.serve.bundle`): safetensors
 weights whose LoRA updates ``W + (alpha/r)·B·A`` are folded in, a config with ``id2label`` /
-``label2id`` / ``pad_token_id``, the tokenizer files, ``toptune.json`` and ``examples.json``.
+``label2id`` / ``num_labels`` / ``problem_type`` / ``pad_token_id``, the tokenizer files, ``toptune.json``
+and ``examples.json``.
 :func:`export_bundle` reads only the adapter bundle: its labels, template, token limit, example rows
 and base checkpoint (whose weights and tokenizer must hash as they did in training).
 """
@@ -36,16 +37,18 @@ from toptune.serve.predict import (
     logits_of,
     prepare_rows,
 )
+from toptune.task import SINGLE
 from toptune.train.recipe import resolve_base_checkpoint
 
 
-def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str]):
-    """The trained classifier: ``base_path`` as a classifier with the adapter (LoRA + ``score``) on top.
+def load_trained(base_path: str | Path, adapter_dir: str | Path, id2label: dict[int, str], problem_type: str = SINGLE):
+    """The trained model: ``base_path`` as a ``problem_type`` head of ``len(id2label)`` outputs with the adapter
+    (LoRA + ``score``) on top.
 
     Returns ``(PeftModel, tokenizer)`` in eval mode, fp32 on CPU.
     """
     tok = load_tokenizer(base_path)
-    model = load_classifier(base_path, id2label, tok.pad_token_id)
+    model = load_classifier(base_path, id2label, tok.pad_token_id, problem_type=problem_type)
     return load_adapter(model, str(adapter_dir)).eval(), tok
 
 
@@ -87,18 +90,25 @@ def merge_adapter(
     check: Encoded | None = None,
     atol: float = 1e-4,
     batch_size: int = 32,
+    problem_type: str = SINGLE,
 ) -> MergedModel:
     """Fold the adapter into the base weights (PEFT ``merge_and_unload``).
 
     With ``check`` (tokenised rows), the merged model's logits on them are compared with the adapter model's
     first, and a difference above ``atol`` raises (a merge that changes predictions must not ship).
     """
-    peft_model, tok = load_trained(base_path, adapter_dir, id2label)
+    peft_model, tok = load_trained(base_path, adapter_dir, id2label, problem_type)
     before = logits_of(peft_model, check, tok.pad_token_id, batch_size) if check else None
     merged = merge(peft_model).eval()  # (PEFT wrappers gone: Qwen*ForSequenceClassification)
     merged.config.pad_token_id = tok.pad_token_id
-    merged.config.id2label = {int(k): v for k, v in id2label.items()}
-    merged.config.label2id = {v: int(k) for k, v in id2label.items()}
+    # What a server reading config.json needs (vLLM's /classify: num_labels, problem_type, the
+    # …ForSequenceClassification architecture save_pretrained writes); a composite config's text part too.
+    for config in (merged.config, getattr(merged.config, "text_config", None)):
+        if config is not None:
+            config.num_labels = len(id2label)  # sets id2label to placeholders: the names follow
+            config.id2label = {int(k): v for k, v in id2label.items()}
+            config.label2id = {v: int(k) for k, v in id2label.items()}
+            config.problem_type = problem_type
     figures = {}
     if check and before is not None:
         diff = float(np.abs(logits_of(merged, check, tok.pad_token_id, batch_size) - before).max())
@@ -122,7 +132,9 @@ def export_bundle(adapter_dir: str | Path, check_rows: int = 64, atol: float = 1
     examples = read_examples(adapter_dir)
     texts = prepare_rows(examples, serving, "drop").texts[:check_rows] if check_rows and len(examples) else []
     check = encode(texts, load_tokenizer(base), adapter.max_length) if texts else None
-    merged = merge_adapter(base, adapter_dir, adapter.id2label, serving, check=check, atol=atol)
+    merged = merge_adapter(
+        base, adapter_dir, adapter.id2label, serving, check=check, atol=atol, problem_type=adapter.problem_type
+    )
     merged.bundle = dataclasses.replace(
         adapter,
         kind="merged",

@@ -2,14 +2,14 @@
 model and the REST server share (:func:`prepare_rows` then :meth:`Predictor.predict`).
 
 The merged model is a bundle (:mod:`toptune.serve.bundle`): :func:`load_predictor` reads its
-``toptune.json`` (template, token limit, labels), refuses one whose parts disagree, and loads the
+``toptune.json`` (template, token limit, labels, the task), refuses one whose parts disagree, and loads the
 weights with transformers alone, safetensors only, no remote code. Prediction runs the stock forward:
 right padding, pooled at the rightmost token that is not ``pad_token_id``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ from toptune.data.table import DataValidationError, render, row_reasons, templat
 from toptune.data.tokens import Encoded, encode
 from toptune.model import families
 from toptune.model.tokenizer import load_tokenizer
-from toptune.serve.bundle import Bundle, read_bundle
+from toptune.serve.bundle import Bundle, bundle_task, read_bundle
+from toptune.task import Task
 
 if TYPE_CHECKING:  # a type only: a merged model is served without PEFT installed
     from peft import PeftModel
@@ -188,36 +189,29 @@ def prepare_rows(table, serving: ServingConfig, bad_rows: str = "drop") -> Predi
 
 @dataclass
 class Predictor:
-    """A merged model loaded for prediction (no PEFT)."""
+    """A merged model loaded for prediction (no PEFT), with the task its outputs answer."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     serving: ServingConfig
+    task: Task = field(default_factory=Task)
 
     @property
     def id2label(self) -> dict[int, str]:
-        id2label = self.model.config.id2label
-        assert id2label is not None  # a classifier's config always names its classes
-        return {int(k): v for k, v in id2label.items()}
+        return dict(self.task.id2label)
 
     def columns(self) -> list[str]:
-        """Output columns: ``id``, ``label``, then ``prob_<class>`` in class-index order."""
-        return ["id", "label"] + [f"prob_{self.id2label[c]}" for c in sorted(self.id2label)]
+        """Output columns: ``id``, then :meth:`Task.columns`."""
+        return ["id", *self.task.columns()]
 
     def predict(self, rows: PredictRows, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
-        """One output row per input row of ``rows``: id, predicted label, probability per class."""
+        """One output row per input row of ``rows``: its id and the task's answer (:meth:`Task.answers`:
+        calibrated probabilities, the thresholded labels, a value on the target's scale)."""
         if not rows.texts:
-            return pd.DataFrame(
-                {c: pd.Series(dtype=str if c in ("id", "label") else np.float32) for c in self.columns()}
-            )
+            return self.task.answers([], np.zeros((0, self.task.num_labels), np.float32))
         enc = encode(rows.texts, self.tokenizer, self.serving.max_length, ids=rows.ids)
         logits = logits_of(self.model, enc, self.model.config.pad_token_id, batch_size, progress)  # (N, C)
-        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-        id2label = self.id2label
-        out = pd.DataFrame({"id": rows.ids, "label": [id2label[int(i)] for i in probs.argmax(-1)]})
-        for c in sorted(id2label):
-            out[f"prob_{id2label[c]}"] = probs[:, c]
-        return out
+        return self.task.answers(rows.ids, logits)
 
 
 def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
@@ -230,4 +224,4 @@ def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
     tok = load_tokenizer(model_dir)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    return Predictor(model.to(_device(device)).eval(), tok, ServingConfig.of(bundle))
+    return Predictor(model.to(_device(device)).eval(), tok, ServingConfig.of(bundle), bundle_task(bundle))

@@ -84,7 +84,7 @@ def eval_split(model: nn.Module, data: Batches, logits_fn: LogitsFn, device: tor
     if not parts:
         return EvalResult(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
     logits = np.empty((data.n, parts[0][1].shape[1]), np.float32)
-    labels = np.empty(data.n, np.int64)
+    labels = np.empty((data.n, *parts[0][2].shape[1:]), parts[0][2].dtype)  # (N,) classes or values, (N, C) multi-hot
     for i, lg, lb in parts:
         logits[i], labels[i] = lg, lb
     return EvalResult(logits, labels)

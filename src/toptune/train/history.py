@@ -12,14 +12,10 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from sklearn.metrics import f1_score
-from torch import nn
 
 from toptune.config import TrainingConfig
-
-LOWER_IS_BETTER = frozenset({"loss"})
-"""``training.metric_for_best`` values where a smaller value wins."""
+from toptune.task import LOWER_IS_BETTER
+from toptune.train.objective import Objective
 
 
 @dataclass
@@ -29,32 +25,17 @@ class EvalResult:
     logits: np.ndarray
     """(N, C) float32."""
     labels: np.ndarray
-    """(N,) int64."""
-
-    @property
-    def loss(self) -> float:
-        return float(nn.functional.cross_entropy(torch.from_numpy(self.logits), torch.from_numpy(self.labels)))
+    """(N,) int64 classes, (N, C) float32 multi-hot or (N,) float32 values: the split's stored labels."""
 
     @property
     def accuracy(self) -> float:
+        """Single-label: the share of rows whose top class is theirs."""
         return float((self.logits.argmax(-1) == self.labels).mean())
 
-    @property
-    def macro_f1(self) -> float:
-        """Mean F1 over every class of the head (scikit-learn; a class never predicted nor present counts 0)."""
-        return float(
-            f1_score(
-                self.labels,
-                self.logits.argmax(-1),
-                labels=list(range(self.logits.shape[1])),
-                average="macro",
-                zero_division=0,
-            )
-        )
-
-    def metrics(self, prefix: str = "") -> dict[str, float]:
-        """``{prefix}loss``, ``{prefix}accuracy``, ``{prefix}macro_f1``."""
-        return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1}
+    def metrics(self, prefix: str = "", objective: Objective | None = None) -> dict[str, float]:
+        """``{prefix}loss`` and the task's validation metrics (single-label without ``objective``:
+        ``loss``, ``accuracy``, ``macro_f1``)."""
+        return {f"{prefix}{k}": v for k, v in (objective or Objective()).metrics(self.logits, self.labels).items()}
 
 
 def order_digest(order: list[np.ndarray]) -> str:

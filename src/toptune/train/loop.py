@@ -26,11 +26,13 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from toptune.config import TrainingConfig
+from toptune.task import default_metric
 from toptune.train import distributed
 from toptune.train.batches import Batch, Batches, LogitsFn, eval_split
 from toptune.train.checkpoint.resume import CheckpointError, Checkpoints
 from toptune.train.device import autocast
 from toptune.train.history import LoopState, better, order_digest
+from toptune.train.objective import Objective
 
 __all__ = ["TrainResult", "fused_adamw_ok", "train", "trainable_parameters"]
 
@@ -79,10 +81,13 @@ def train(
     device: torch.device,
     val: Batches | None = None,
     checkpoints: Checkpoints | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """AdamW over trainable parameters, linear warm-up and decay, clipping, accumulation; validation per
-    epoch, the best epoch's weights kept (``training.metric_for_best``), early stopping, checkpoints."""
+    epoch, the best epoch's weights kept (``training.metric_for_best``), early stopping, checkpoints.
+    ``objective``: the loss and validation metrics (default: single-label cross-entropy)."""
     run = _setup(model, data.n, logits_fn, cfg, device, checkpoints)
+    run.objective = objective or Objective()
     run._restore()
     show = cfg.progress and distributed.is_main()
     t_start = time.perf_counter()
@@ -142,6 +147,7 @@ class _Trainer:
     st: LoopState = field(default_factory=LoopState)
     best_weights: dict[str, Tensor] | None = None
     resumed_from: str | None = None
+    objective: Objective = field(default_factory=Objective)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -169,9 +175,7 @@ class _Trainer:
         with autocast(self.device):
             logits = self.logits_fn(b)  # (B_share, C)
         # This process's part of the global batch mean, divided so accumulated gradients average over the virtual batch.
-        loss = nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum") / (
-            n_batch * self.cfg.grad_accum_steps
-        )
+        loss = self.objective.loss_sum(logits, b["labels"]) / (n_batch * self.cfg.grad_accum_steps)
         loss.backward()
         return loss.detach() * self.cfg.grad_accum_steps
 
@@ -250,16 +254,13 @@ class _Trainer:
     def _validate(self, val: Batches | None, row: dict) -> None:
         """Add the validation split's ``val_*`` metrics to the epoch's ``row``."""
         if val is not None and val.n:
-            row.update(eval_split(self.model, val, self.logits_fn, self.device).metrics("val_"))
+            row.update(eval_split(self.model, val, self.logits_fn, self.device).metrics("val_", self.objective))
 
     def _keep_best(self, row: dict) -> None:
         """Keep the epoch's weights when it beats the best so far on ``training.metric_for_best``."""
-        if self.st.best is None or better(row, self.st.best, self.cfg.metric_for_best):
-            self.st.best = {
-                "epoch": row["epoch"],
-                "metric": self.cfg.metric_for_best,
-                "value": row.get(f"val_{self.cfg.metric_for_best}"),
-            }
+        metric = self.cfg.metric_for_best or default_metric(self.objective.task.problem_type)
+        if self.st.best is None or better(row, self.st.best, metric):
+            self.st.best = {"epoch": row["epoch"], "metric": metric, "value": row.get(f"val_{metric}")}
             self.best_weights = _snapshot(self.named)
 
     def _save_checkpoint(self) -> None:

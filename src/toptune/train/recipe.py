@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from toptune.model.precision import resolve_dtype, trainable_in_fp32
 from toptune.model.tiny import ensure_tiny_qwen
 from toptune.model.tokenizer import load_tokenizer
 from toptune.prefix import selfcheck
+from toptune.task import SINGLE, Task
 from toptune.train import distributed
 from toptune.train.batches import eval_split, live_batches, live_logits
 from toptune.train.checkpoint.fingerprint import fingerprint
@@ -37,6 +38,7 @@ from toptune.train.checkpoint.resume import CHECKPOINT_DIR, Checkpoints
 from toptune.train.device import autocast, resolve_device
 from toptune.train.history import EvalResult
 from toptune.train.loop import TrainResult, train
+from toptune.train.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class Classifier:
     trainable_blocks: list[int]
     """Trainable block indices (``model.trainable_layers`` resolved against the checkpoint)."""
     device: torch.device
+    task: Task = field(default_factory=Task)
+    """What the head predicts; the train node fills in class weights and target scaling, calibration the
+    temperature and thresholds."""
 
     @property
     def first_trainable_block(self) -> int:
@@ -81,17 +86,20 @@ def build_classifier(
     seed: int,
     device: str = "auto",
     tokenizer: PreTrainedTokenizerBase | None = None,
+    problem_type: str = SINGLE,
 ) -> Classifier:
-    """Load tokenizer + checkpoint as a classifier and put LoRA on the configured blocks (under
-    ``torchrun``, after joining the job's process group: the model goes to this process's device)."""
+    """Load tokenizer + checkpoint as a classifier of ``problem_type`` (its ``config.problem_type``) and put
+    LoRA on the configured blocks (under ``torchrun``, after joining the job's process group: the model goes
+    to this process's device)."""
     distributed.init()
     path = resolve_base_checkpoint(model_cfg.name_or_path)
     tok = tokenizer or load_tokenizer(path)
     dev = resolve_device(device)
-    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=resolve_dtype(model_cfg.dtype, dev))
+    dtype = resolve_dtype(model_cfg.dtype, dev)
+    model = load_classifier(path, id2label, tok.pad_token_id, seed=seed, dtype=dtype, problem_type=problem_type)
     trainable_blocks = model_cfg.trainable_blocks(len(decoder_layers(model)))
     peft_model = trainable_in_fp32(add_adapters(model, lora, trainable_blocks)).to(dev)
-    return Classifier(peft_model, tok, trainable_blocks, dev)
+    return Classifier(peft_model, tok, trainable_blocks, dev, Task(problem_type, dict(id2label)))
 
 
 def check_forward_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:
@@ -157,8 +165,9 @@ def fit(
     say. The model ends with the best epoch's weights."""
     if cfg.prefix_mode == "auto":
         cfg, _ = resolve_prefix_mode(clf, data, cfg)
+    objective = Objective(clf.task, cfg.regression_loss)
     if cfg.prefix_mode == "cache":
-        return fit_cached(clf, data, cfg, checkpoints=checkpoints)
+        return fit_cached(clf, data, cfg, checkpoints=checkpoints, objective=objective)
     logits_fn = live_logits(clf.model, clf.first_trainable_block, cfg.prefix_mode)
     train_b = live_batches(data["train"], cfg.batch_size, clf.pad_token_id, True, cfg.seed, clf.device)
     val_b = (
@@ -166,7 +175,7 @@ def fit(
         if "val" in data
         else None
     )
-    return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints)
+    return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints, objective)
 
 
 def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:

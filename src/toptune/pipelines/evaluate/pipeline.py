@@ -8,8 +8,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 evaluate,
-                ["classifier", "tokenised", "label_map", "params:training"],
-                ["metrics", "test_metrics", "classification_report", "test_predictions", "confusion_matrix_plot"],
+                ["classifier", "tokenised", "params:training"],
+                ["metrics", "test_metrics", "classification_report", "test_predictions", "test_plots"],
                 name="evaluate_test",
             ),
         ]

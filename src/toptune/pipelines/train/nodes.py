@@ -13,14 +13,16 @@ from toptune.config import DataConfig, LoraSettings, ModelConfig, RunConfig, Tra
 from toptune.data.tokens import Encoded
 from toptune.model.lora import trainable_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
-from toptune.serve.bundle import Bundle, base_identity
+from toptune.serve.bundle import Bundle, base_identity, task_fields
 from toptune.train import distributed
+from toptune.train.objective import calibrate, make_task, stored_labels
 from toptune.train.recipe import (
     Classifier,
     build_classifier,
     check_forward_split,
     describe,
     fit,
+    predict,
     resolve_base_checkpoint,
     training_setup,
 )
@@ -36,16 +38,21 @@ def train_model(
     lora: LoraSettings,
     training: TrainingConfig,
     prefix_cache: dict,
-) -> tuple[Classifier, object, dict, dict, dict, dict]:
-    """Train; returns the classifier (in memory, with the best epoch's weights), its PEFT model (bundled as
-    the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
+) -> tuple[Classifier, dict, dict, dict, dict]:
+    """Train; returns the classifier (in memory, with the best epoch's weights and its calibrated task: bundled
+    as the adapter), MLflow metric histories (training by step/epoch, validation by epoch, model facts) and
     the run summary. Checkpoints go to ``data/06_models/checkpoints/`` with this MLflow run's id beside
     them (``training.checkpoint_every``, ``training.resume``). ``prefix_cache`` (the cache node's
     summary) orders this node after the cache build, whose fingerprinted cache ``fit`` then reuses in
     ``cache`` mode, and says what ``auto`` resolved to (a resumed run keeps its checkpoint's mode)."""
     cfg = RunConfig(data=data, model=model, lora=lora, training=training)  # what the checkpoints are fingerprinted with
     set_seed(cfg.training.seed)
-    clf = build_classifier(cfg.model, cfg.lora, id2label_from_json(label_map), cfg.training.seed, cfg.training.device)
+    id2label = id2label_from_json(label_map)
+    task = make_task(cfg.data, cfg.training, id2label, stored_labels(tokenised["train"], cfg.data.problem_type))
+    clf = build_classifier(
+        cfg.model, cfg.lora, id2label, cfg.training.seed, cfg.training.device, problem_type=task.problem_type
+    )
+    clf.task = task
     facts = describe(clf)
     check = check_forward_split(clf, tokenised["train"], cfg.training.batch_size)
     log.info(
@@ -64,6 +71,16 @@ def train_model(
     result = fit(clf, tokenised, training, checkpoints)
     if result.best is not None:
         log.info("kept epoch %d: %s", result.best["epoch"], result.best["reason"])
+    clf.task, calibration = calibrate(clf.task, predict(clf, tokenised["val"], training.eval_batch_size), training)
+    if calibration:
+        log.info(
+            "calibration on validation: temperature %.3f, ECE %.4f → %.4f, NLL %.4f → %.4f",
+            calibration["temperature"],
+            calibration["ece_uncalibrated"],
+            calibration["ece"],
+            calibration["nll_uncalibrated"],
+            calibration["nll"],
+        )
     train_history = {
         **metric_series(result.steps, "step", ["loss", "lr"]),
         **metric_series(
@@ -71,16 +88,18 @@ def train_model(
         ),
         **metric_items({"seconds": result.train_seconds}),
     }
-    val_history = metric_series(result.epochs, "epoch", ["val_loss", "val_accuracy", "val_macro_f1"])
-    val_history = {k.removeprefix("val_"): v for k, v in val_history.items()}
+    val_keys = sorted({k for row in result.epochs for k in row if k.startswith("val_")})
+    val_history = {k.removeprefix("val_"): v for k, v in metric_series(result.epochs, "epoch", val_keys).items()}
     if result.best is not None and result.best["value"] is not None:  # the kept epoch's value, at its epoch
-        val_history[f"best_{result.best['metric']}"] = [
-            {"value": float(result.best["value"]), "step": result.best["epoch"]}
-        ]
+        kept = result.best["epoch"]
+        val_history[f"best_{result.best['metric']}"] = [{"value": float(result.best["value"]), "step": kept}]
+        val_history.update({k: [v] for k, v in metric_items(calibration, step=kept).items()})
+    weights = dict(zip(clf.task.names(), clf.task.class_weights or [], strict=False))
     model_facts = metric_items(
         {
             **{k: v for k, v in facts.items() if isinstance(v, int)},
             **{f"split_check_{k}": v for k, v in check.items() if k != "model_type"},
+            **{f"class_weight_{name}": w for name, w in weights.items()},
         }
     )
     summary = {
@@ -89,26 +108,30 @@ def train_model(
         "processes": distributed.world(),
         "prefix_mode": training.prefix_mode,
         "split_check": check,
+        "task": clf.task.to_dict(),
+        "calibration": calibration,
         **dataclasses.asdict(result),
     }
-    return clf, clf.model, train_history, val_history, model_facts, summary
+    return clf, train_history, val_history, model_facts, summary
 
 
 def bundle_model(
-    peft_model,
-    label_map: dict[str, str],
+    classifier: Classifier,
     input_example: list[dict],
     data: DataConfig,
     model: ModelConfig,
     training: TrainingConfig,
 ) -> dict:
-    """The adapter bundle (see ``toptune.serve.bundle``): the trained PEFT model with what defines it (labels,
-    template, token limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages
-    it; the project hooks make it current only when the whole run succeeds."""
+    """The adapter bundle (see ``toptune.serve.bundle``): the trained PEFT model with what defines it (the
+    task: labels, problem type, class weights, target scaling, temperature, thresholds; template, token
+    limit, base checkpoint and tokenizer hashes, this MLflow run). The catalog stages it; the project hooks
+    make it current only when the whole run succeeds."""
     run = mlflow.active_run()
+    peft_model, task = classifier.model, classifier.task
     bundle = Bundle(
         kind="adapter",
-        id2label=id2label_from_json(label_map),
+        id2label=dict(task.id2label),
+        **task_fields(task),
         text_template=data.text_template,
         max_length=training.max_length,
         id_column=data.id_column,
