@@ -130,10 +130,18 @@ class Task:
         e = np.exp(z)
         return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
+    def cutoffs(self) -> list[float]:
+        """Multi-label: each class's threshold (0.5 before tuning)."""
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_labels
+
     def decisions(self, probs: np.ndarray) -> np.ndarray:
-        """Multi-label: (N, C) bool, each class at or above its threshold (0.5 before tuning)."""
-        thresholds = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * self.num_labels)
-        return probs >= thresholds[None, :]
+        """Multi-label: (N, C) bool, each class at or above its threshold."""
+        return probs >= np.asarray(self.cutoffs())[None, :]
+
+    def label_texts(self, chosen: np.ndarray) -> list[str]:
+        """Multi-label: per row of (N, C) bool, its classes joined by ``label_separator``."""
+        names = self.names()
+        return [self.label_separator.join(n for n, on in zip(names, row, strict=True) if on) for row in chosen]
 
     def values(self, logits: np.ndarray) -> np.ndarray:
         """Regression: (N,) predictions on the target's own scale."""
@@ -156,12 +164,7 @@ class Task:
             return pd.DataFrame({"id": ids, "prediction": self.values(logits)})
         probs, names = self.probabilities(logits), self.names()
         if self.problem_type == MULTI:
-            chosen = self.decisions(probs)
-            first = {
-                "labels": [
-                    self.label_separator.join(n for n, on in zip(names, row, strict=True) if on) for row in chosen
-                ]
-            }
+            first = {"labels": self.label_texts(self.decisions(probs))}
         else:
             first = {"label": [names[int(i)] for i in probs.argmax(-1)]}
         out = pd.DataFrame({"id": ids, **first})

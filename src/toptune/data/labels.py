@@ -85,10 +85,11 @@ def _check_no_list_text(values: pd.Series, cfg: DataConfig, first_row: int) -> N
             )
 
 
-def label_keys(values: pd.Series, cfg: DataConfig) -> list[str]:
-    """Each valid row's label as one canonical text (its class, its sorted labels joined, its number)."""
+def label_keys(values: pd.Series, cfg: DataConfig, parsed: np.ndarray | None = None) -> list[str]:
+    """Each valid row's label as one canonical text (its class, its sorted labels joined, its number);
+    ``parsed``: a regression batch's :func:`numbers`, when the caller has them."""
     if cfg.problem_type == MULTI:
         return [cfg.label_separator.join(pieces(v, cfg.label_separator)) for v in values]
     if cfg.problem_type == REGRESSION:
-        return [repr(float(x)) for x in numbers(values)]
+        return [repr(float(x)) for x in (numbers(values) if parsed is None else parsed)]
     return [label_text(v) for v in values]

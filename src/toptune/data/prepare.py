@@ -150,9 +150,10 @@ def read_rows(table, cfg: DataConfig, tokenizer, max_length: int, directory: Pat
         counts.update(s.counts)
         if sum(len(e) for e in examples) < EXAMPLE_ROWS:
             examples.append(batch[s.valid][keep].head(EXAMPLE_ROWS))
-        labels = label_keys(s.labels, cfg)
+        values = _values(s.labels, cfg)
+        labels = label_keys(s.labels, cfg, values)
         flat, lengths, cut = _token_rows(s.texts, s.ids, tokenizer, max_length)
-        writer.append(flat, lengths, keys.add(s.texts, labels, cut, _values(s.labels, cfg)), s.ids)
+        writer.append(flat, lengths, keys.add(s.texts, labels, cut, values), s.ids)
         texts_out.write_table(pa.table({"id": s.ids, "text": s.texts, "label": labels}, schema=TEXTS))
         first_row += len(batch)
         bar.update(len(batch))
@@ -248,8 +249,9 @@ def texts_table(table, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, int]]:
     for batch in read.batches(table):
         s = serialise(batch, cfg, first_row)
         counts.update(s.counts)
-        labels = label_keys(s.labels, cfg)
-        keys.add(s.texts, labels, np.zeros(len(labels), bool), _values(s.labels, cfg))
+        values = _values(s.labels, cfg)
+        labels = label_keys(s.labels, cfg, values)
+        keys.add(s.texts, labels, np.zeros(len(labels), bool), values)
         parts.append(pd.DataFrame({"id": s.ids, "text": s.texts, "label": labels}))
         first_row += len(batch)
     if not first_row:

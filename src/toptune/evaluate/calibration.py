@@ -22,8 +22,7 @@ from matplotlib.figure import Figure
 from scipy.stats import binned_statistic
 from sklearn.metrics import precision_recall_curve
 
-SINGLE = "single_label_classification"
-MULTI = "multi_label_classification"
+from toptune.task import MULTI, SINGLE, Task
 
 # The fitted temperature is clamped: beyond these the logits are all but flattened or sharpened to one-hot,
 # which on a small validation split is over-fitting the split rather than calibrating the model.
@@ -100,9 +99,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, problem_type: str) -
 def probabilities(logits: np.ndarray, problem_type: str, temperature: float = 1.0) -> np.ndarray:
     """(N, C) float32: softmax(logits / T) for single-label, sigmoid(logits / T) for multi-label."""
     _check_kind(problem_type)
-    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    p = x.softmax(-1) if problem_type == SINGLE else x.sigmoid()
-    return p.numpy().astype(np.float32)
+    return Task(problem_type, temperature=temperature).probabilities(logits)  # what predict and serve apply
 
 
 def _predictions(probs: np.ndarray, labels: np.ndarray, problem_type: str) -> tuple[np.ndarray, np.ndarray]:

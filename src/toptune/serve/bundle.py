@@ -92,16 +92,8 @@ class Bundle:
     """Free-form facts (``merged_from``: the adapter's weights hash, …)."""
 
 
-TASK_FIELDS = (
-    "problem_type",
-    "label_separator",
-    "class_weights",
-    "target_mean",
-    "target_std",
-    "temperature",
-    "thresholds",
-)
-"""The :class:`toptune.task.Task` fields a bundle records besides ``id2label``."""
+TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task) if f.name != "id2label")
+"""The :class:`toptune.task.Task` fields a bundle records besides ``id2label`` (each one a :class:`Bundle` field)."""
 
 
 def task_fields(task: Task) -> dict:

@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
@@ -183,13 +182,6 @@ def predict(clf: Classifier, enc: Encoded, batch_size: int) -> EvalResult:
     ``torchrun`` the processes split the batches and every one gets all the logits."""
     batches = live_batches(enc, batch_size, clf.pad_token_id, False, 0, clf.device)
     return eval_split(clf.model, batches, live_logits(clf.model, clf.first_trainable_block, "no_grad"), clf.device)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise probabilities of (N, C) logits."""
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def describe(clf: Classifier) -> dict[str, int | str]:

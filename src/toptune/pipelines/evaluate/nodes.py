@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -58,10 +59,10 @@ def evaluate(
 def _classification(task: Task, logits: np.ndarray, labels: np.ndarray, ids: list[str]):
     """Single- or multi-label test metrics (with ECE before and after calibration), report, rows, plots."""
     kind, names = task.problem_type, task.names()
-    raw = Task(kind, task.id2label).probabilities(logits)  # temperature 1: the model as trained
+    raw = dataclasses.replace(task, temperature=1.0).probabilities(logits)  # the model as trained
     probs = task.probabilities(logits)
     if kind == MULTI:
-        metrics = multilabel_metrics(probs, labels, task.thresholds or [0.5] * task.num_labels, task.id2label)
+        metrics = multilabel_metrics(probs, labels, task.cutoffs(), task.id2label)
         log.info(
             "test micro-F1 %.4f, macro-F1 %.4f, subset accuracy %.4f on %d rows",
             metrics["micro_f1"],
@@ -69,10 +70,9 @@ def _classification(task: Task, logits: np.ndarray, labels: np.ndarray, ids: lis
             metrics["subset_accuracy"],
             len(labels),
         )
-        chosen, sep = task.decisions(probs), task.label_separator
-        join = lambda m: [sep.join(n for n, on in zip(names, row, strict=True) if on) for row in m]  # noqa: E731
-        rows = pd.DataFrame({"id": ids, "labels": join(labels.astype(bool)), "predicted": join(chosen)})
-        report = multilabel_report_text(probs, labels, task.thresholds or [0.5] * task.num_labels, task.id2label)
+        truth, chosen = task.label_texts(labels.astype(bool)), task.label_texts(task.decisions(probs))
+        rows = pd.DataFrame({"id": ids, "labels": truth, "predicted": chosen})
+        report = multilabel_report_text(probs, labels, task.cutoffs(), task.id2label)
         plots = {"pr_curves": pr_curves_figure(probs, labels, task.id2label)}
     else:
         metrics = classification_metrics(logits, labels, task.id2label)
