@@ -50,6 +50,7 @@ from toptune.serve.predict import (
     prepare_rows,
     request_params,
 )
+from toptune.task import MULTI, Task, class_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = DataConfig(  # blank cells drop their row: the bad-row cases below
@@ -253,6 +254,92 @@ def test_split_too_small_for_the_fractions_names_the_fraction():
 def test_unusable_table_is_one_line(df, cfg, message):
     with pytest.raises(DataValidationError, match=re.escape(message)):
         texts_table(df, cfg)
+
+
+# --- 3b. label kinds: cells a multi-label or regression column cannot hold --------------------------
+
+MULTI_CFG = dataclasses.replace(CFG, problem_type="multi_label_classification")
+REG_CFG = dataclasses.replace(CFG, problem_type="regression", label_column="score")
+
+
+def kind_rows(labels: list, column: str = "sentiment") -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"id": f"r{i}", "product": "p", "review": f"review number {i}", column: v} for i, v in enumerate(labels)]
+    )
+
+
+def test_multi_label_cells_of_separators_or_blanks_are_counted_drops():
+    cells = ["a;b", "b", "a; c ", ";;", " ; ", "c;a", "b;c", "a"] * 3
+    kept, quality = texts_table(kind_rows(cells), MULTI_CFG)
+    assert quality["dropped_bad_label"] == 6 and quality["rows_valid"] == 18  # ";;" and " ; ", 3 times each
+    assert set(kept["label"]) == {"a;b", "b", "a;c", "b;c", "a"}  # labels stripped, sorted, distinct
+    with pytest.raises(DataValidationError, match=re.escape("raw_data row 3, column 'sentiment': ")):
+        texts_table(kind_rows(cells), dataclasses.replace(MULTI_CFG, bad_rows="error"))
+
+
+def test_a_list_written_as_text_in_a_csv_says_how_to_read_it():
+    with pytest.raises(DataValidationError) as e:
+        texts_table(kind_rows(["a", "['a', 'b']"] * 5), MULTI_CFG)
+    msg = str(e.value)
+    assert "row 1" in msg and "is a list written as text" in msg and "data.label_separator" in msg
+    assert "Parquet" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "cells,message",
+    [
+        (["good", "fine", "bad"] * 10, "data.label_column='score' holds no numbers (e.g. 'good')"),
+        ([4.5] * 30, "data.label_column='score' is constant (4.5 in every kept row)"),
+    ],
+    ids=["text-column", "constant"],
+)
+def test_a_regression_column_that_cannot_be_a_target_is_one_line(cells, message):
+    with pytest.raises(DataValidationError, match=re.escape(message)):
+        texts_table(kind_rows(cells, "score"), REG_CFG)
+
+
+def test_regression_text_nan_and_inf_cells_are_counted_drops():
+    cells = ["1.5", 2, "two", float("inf"), "-inf", " 3.25 ", float("nan"), 4.0] * 4
+    kept, quality = texts_table(kind_rows(cells, "score"), REG_CFG)
+    assert quality["dropped_bad_label"] == 12 and quality["dropped_nan_label"] == 4  # text, ±inf; NaN is blank
+    assert sorted(set(kept["label"])) == ["1.5", "2.0", "3.25", "4.0"]
+    with pytest.raises(DataValidationError, match=re.escape("raw_data row 2, column 'score': ")):
+        texts_table(kind_rows(cells, "score"), dataclasses.replace(REG_CFG, bad_rows="error"))
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (
+            {"data": {"problem_type": "regression"}, "training": {"class_weights": "balanced"}},
+            "training.class_weights applies to classification; data.problem_type is regression",
+        ),
+        (
+            {"data": {"problem_type": "regression"}, "training": {"thresholds": 0.3}},
+            "training.thresholds applies to multi-label classification; data.problem_type is regression",
+        ),
+        (
+            {"data": {"problem_type": "regression"}, "training": {"metric_for_best": "accuracy"}},
+            "training.metric_for_best='accuracy' is not a regression metric (data.problem_type); choose one of",
+        ),
+        (
+            {"training": {"regression_loss": "huber"}},
+            "training.regression_loss applies to regression; data.problem_type is single_label_classification",
+        ),
+        ({"data": {"problem_type": "ordinal"}}, "data.problem_type='ordinal' must be one of"),
+    ],
+    ids=["weights-regression", "thresholds-regression", "metric-for-kind", "loss-classification", "kind"],
+)
+def test_a_parameter_the_kind_cannot_take_is_one_line(params, message):
+    with pytest.raises(ConfigError) as e:
+        parse_params(params)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_class_weights_naming_a_class_the_table_lacks_name_it():
+    task = Task(MULTI, {0: "a", 1: "b"})
+    with pytest.raises(ConfigError, match=re.escape("training.class_weights names class 'z', which the training")):
+        class_weights({"a": 2.0, "z": 1.0}, task, np.array([3, 4]), 5)
 
 
 # --- 4. a run that "succeeds" at nothing says so ----------------------------------------------

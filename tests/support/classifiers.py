@@ -9,6 +9,7 @@ import torch
 from toptune.config import LoraSettings, ModelConfig
 from toptune.data.batches import rows_batch
 from toptune.data.tokens import encode
+from toptune.task import SINGLE
 from toptune.train.recipe import build_classifier
 
 TEXTS = [
@@ -22,14 +23,15 @@ TEXTS = [
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 
 
-def classifier(path, k: int = 2, seed: int = 0):
-    """A classifier on ``path`` with LoRA on the top ``k`` blocks and non-zero adapter weights."""
+def classifier(path, k: int = 2, seed: int = 0, problem_type: str = SINGLE, id2label: dict | None = None):
+    """A ``problem_type`` classifier on ``path`` with LoRA on the top ``k`` blocks and non-zero adapter weights."""
     clf = build_classifier(
         ModelConfig(name_or_path=str(path), trainable_layers=k),
         LoraSettings(r=4, alpha=8),
-        ID2LABEL,
+        id2label or ID2LABEL,
         seed=seed,
         device="cpu",
+        problem_type=problem_type,
     )
     # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.
     g = torch.Generator().manual_seed(seed + 1)

@@ -1,5 +1,6 @@
-"""Run by tests/train/test_ddp.py, alone and under ``torchrun``: train a tiny classifier in every live prefix
-mode through the library (``recipe.fit`` / ``recipe.predict``) and save what rank 0 ends with.
+"""Run by tests/train/test_ddp.py, alone and under ``torchrun``: train a tiny classifier through the library
+(``recipe.fit`` / ``recipe.predict``) in every live prefix mode, and as a multi-label and a regression model
+(``tests/support/kinds.py``) under no_grad, and save what rank 0 ends with (``RUNS``).
 
     python tests/support/ddp_worker.py MODEL_DIR OUT_DIR
     torchrun --nproc-per-node 2 tests/support/ddp_worker.py MODEL_DIR OUT_DIR
@@ -22,16 +23,20 @@ import pandas as pd
 import torch
 from transformers import set_seed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `support` when run as a script
+from support.kinds import id2label, kind_task, relabelled
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig
 from toptune.data.prepare import texts_table
 from toptune.data.tokens import Encoded, encode
 from toptune.model.tokenizer import load_tokenizer
+from toptune.task import MULTI, REGRESSION, SINGLE
 from toptune.train import distributed
 from toptune.train.recipe import build_classifier, fit, predict
 
 ROOT = Path(__file__).resolve().parents[2]
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
-MODES = ("no_grad", "autograd")
+RUNS = (("no_grad", SINGLE), ("autograd", SINGLE), ("no_grad", MULTI), ("no_grad", REGRESSION))
+"""(prefix mode, problem type) of each run; each saves ``<mode>.<problem type>.pt``."""
 LR = 0.05
 """SGD's learning rate: the adapter moves by more than 1e-3 in the 16 steps, far above the tolerance."""
 BUILT: list[str] = []
@@ -62,17 +67,20 @@ def splits(model_dir: str, n_train: int = 57) -> dict[str, Encoded]:
 
 
 def main(model_dir: str, out: str) -> None:
-    data = splits(model_dir)
+    single = splits(model_dir)
     torch.optim.AdamW = plain_sgd  # type: ignore[misc,assignment]  # see the module docstring
-    for mode in MODES:
+    for mode, kind in RUNS:
         set_seed(0)
+        data = relabelled(single, kind)
         clf = build_classifier(
             ModelConfig(name_or_path=model_dir, trainable_layers=2),
             LoraSettings(r=4, alpha=8),
-            ID2LABEL,
+            id2label(kind),
             seed=0,
             device="cpu",
+            problem_type=kind,
         )
+        clf.task = kind_task(kind, data["train"])
         start = {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad}
         cfg = TrainingConfig(
             prefix_mode=mode, epochs=2, batch_size=8, eval_batch_size=8, lr=LR, log_every=1, progress=False
@@ -93,7 +101,7 @@ def main(model_dir: str, out: str) -> None:
                     ),
                     "adapter": {n: p.detach().clone() for n, p in clf.model.named_parameters() if p.requires_grad},
                 },
-                Path(out) / f"{mode}.pt",
+                Path(out) / f"{mode}.{kind}.pt",
             )
     distributed.shutdown()
 

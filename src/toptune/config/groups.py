@@ -221,7 +221,8 @@ class TrainingConfig:
     cross-entropy weights; multi-label: ``pos_weight = negatives / positives`` per class); or a mapping
     class → weight (classes left out weigh 1). The weights used are logged and kept in the bundle."""
     regression_loss: RegressionLoss = "mse"
-    """Regression: ``mse`` or ``huber`` (delta 1, on the standardised target)."""
+    """Regression, on the standardised target: ``mse`` (half the squared error, so a row's gradient is its
+    error) or ``huber`` (the same below 1 standard deviation, linear beyond: for outliers)."""
     calibrate: bool = True
     """Classification: fit a temperature on the validation split after the kept epoch (L-BFGS on its NLL)
     and apply it in evaluate, predict and serve; ECE before and after is logged."""
