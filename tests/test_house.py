@@ -32,6 +32,7 @@ ROOMS = (
     "evaluate",
     "serve",
     "inspect",
+    "probe",
     "io",
     "bench",
     "integrations",

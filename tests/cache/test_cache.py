@@ -29,6 +29,7 @@ from toptune.cache import (
     predict_cached,
     prepare_cache,
 )
+from toptune.cache.fingerprint import fingerprint_key
 from toptune.config import DataConfig, LoraSettings, ModelConfig, TrainingConfig, parse_params
 from toptune.data.batches import batch_indices, rows_batch
 from toptune.model.load import backbone
@@ -47,13 +48,19 @@ def test_build_then_reuse(tiny_qwen3, data, tmp_path):
     clf, cfg = classifier(tiny_qwen3), config(tmp_path)
     built = prepare_cache(clf, data, cfg)
     assert built.status == "built" and built.bytes > 0 and built.build_seconds is not None
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert built.path == tmp_path / "cache" / fingerprint_key(built.fingerprint)  # one directory per fingerprint
+    manifest = json.loads((built.path / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train", "val", "test"}
     assert {s["examples"] for s in manifest["splits"].values()} == {36, 12}
-    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+
+    def stamps():  # every file of the cache but its use stamp, which a reuse touches
+        return {p.name: p.stat().st_mtime_ns for p in built.path.iterdir() if p.name != ".used"}
+
+    before, used = stamps(), (built.path / ".used").stat().st_mtime_ns
     again = prepare_cache(classifier(tiny_qwen3), data, cfg)  # a fresh load of the same model
-    assert again.status == "reused"
-    assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}, "a reuse rewrote files"
+    assert again.status == "reused" and again.path == built.path
+    assert stamps() == before, "a reuse rewrote files"
+    assert (built.path / ".used").stat().st_mtime_ns >= used
     for name in data:
         assert torch.equal(stored_rows(again, name, data[name]), stored_rows(built, name, data[name]))
         np.testing.assert_array_equal(again.lengths(name), data[name].lengths())
@@ -93,11 +100,11 @@ def test_each_fingerprint_field_invalidates(tiny_qwen3, tokenizer, data, tmp_pat
         fp = fingerprint(c, d, k)
         assert fp[field] != base.fingerprint[field], field
         with pytest.raises(CacheInvalid, match=rf"stale: .*{field} changed"):
-            load_cache(cfg.cache_dir, fp)
-        rebuilt = prepare_cache(c, d, k)
-        assert rebuilt.status == "built" and field in rebuilt.reason, (field, rebuilt.reason)
+            load_cache(base.path, fp)
+        other = prepare_cache(c, d, k)  # its own directory, beside the base's
+        assert other.status == "built" and other.path != base.path and "no cache at" in other.reason, field
         assert prepare_cache(c, d, k).status == "reused"
-        assert prepare_cache(clf, data, cfg).status == "built"  # back to the base for the next field
+        assert prepare_cache(clf, data, cfg).status == "reused", field  # the base's cache is still there
 
 
 def corrupt(path: Path, kind: str) -> str:
@@ -140,14 +147,14 @@ SLOW = pytest.mark.slow
 def test_corruption_is_detected_and_rebuilt(tiny_qwen3, data, tmp_path, kind, caplog):
     clf, cfg = classifier(tiny_qwen3), config(tmp_path)
     good = prepare_cache(clf, data, cfg)
-    pattern = corrupt(Path(cfg.cache_dir), kind)
+    pattern = corrupt(good.path, kind)
     with pytest.raises(CacheInvalid, match=pattern):
-        load_cache(cfg.cache_dir, good.fingerprint)
+        load_cache(good.path, good.fingerprint)
     with caplog.at_level("WARNING", logger="toptune.cache"):
         rebuilt = prepare_cache(clf, data, cfg)
     assert rebuilt.status == "built" and pattern in rebuilt.reason
     assert any("rebuilding" in r.getMessage() for r in caplog.records)
-    assert load_cache(cfg.cache_dir, good.fingerprint).status == "reused"
+    assert load_cache(good.path, good.fingerprint).status == "reused"
     for name in data:
         assert torch.equal(stored_rows(rebuilt, name, data[name]), stored_rows(good, name, data[name]))
 
@@ -268,7 +275,8 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
         lens, batch_indices(len(lens), 8, True, 7)
     )
     assert 0 <= metrics["padding_fraction_bucketed"]["value"] < metrics["padding_fraction_unbucketed"]["value"]
-    built_at = json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"]
+    manifest = Path(summary["path"]) / "manifest.json"
+    built_at = json.loads(manifest.read_text())["built_at"]
     again, _ = build_prefix_cache(data, label_map, model, lora, training)
     assert again["status"] == "reused"
     clf = build_classifier(
@@ -277,7 +285,7 @@ def test_cache_node_builds_and_fit_reuses(tiny_qwen3, data, tmp_path, caplog):
     with caplog.at_level("INFO", logger="toptune.cache"):
         fit(clf, data, TrainingConfig(**params["training"]))
     assert any("reused" in r.getMessage() for r in caplog.records)
-    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["built_at"] == built_at
+    assert json.loads(manifest.read_text())["built_at"] == built_at
     skipped, _ = build_prefix_cache(data, label_map, model, lora, dataclasses.replace(training, prefix_mode="no_grad"))
     assert skipped["status"] == "skipped"
 
@@ -308,7 +316,7 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
     assert metrics["compute_tokens_per_second"]["value"] == rates[0] and metrics["used"]["value"] == (
         summary["prefix_mode"] == "cache"
     )
-    assert (tmp_path / "cache" / "manifest.json").is_file() == (summary["prefix_mode"] == "cache")
+    assert bool(list((tmp_path / "cache").glob("*/manifest.json"))) == (summary["prefix_mode"] == "cache")
     # The train node follows the summary's decision (it does not measure again); each way is honoured.
     for decided in ("no_grad", "cache"):
         one_epoch = dataclasses.replace(training, epochs=1)
@@ -316,4 +324,4 @@ def test_auto_is_decided_once_by_the_cache_node_and_followed_by_training(tiny_qw
             data, label_map, DataConfig(), model, lora, one_epoch, {**summary, "prefix_mode": decided}
         )
         assert train_summary["prefix_mode"] == decided
-    assert (tmp_path / "cache" / "manifest.json").is_file()  # the cache mode built (or reused) it
+    assert list((tmp_path / "cache").glob("*/manifest.json"))  # the cache mode built (or reused) it

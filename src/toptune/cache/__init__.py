@@ -14,6 +14,7 @@ Along the data's way:
     build.py         the build: clean up, resume complete shards, check the disk, the jobs, manifest last
     shard.py         one shard job: the prefix over its examples, each batch streamed to disk by a writer thread
     store.py         the layout on disk: receipts, clean-up, manifest, validation
+    shelf.py         ``training.cache_dir``: one cache per fingerprint side by side, use, eviction
     read.py          a complete cache: manifest, memory-mapped shards, one split at a time
     batches.py       batch order (live order or length-bucketed), gather, prefetch thread
     fit.py           train and predict on the cache
@@ -50,6 +51,7 @@ from toptune.cache.fit import (
 from toptune.cache.forward import cached_logits
 from toptune.cache.plan import SHARD_BYTES, ShardJob, jobs_of_rank, plan_shards
 from toptune.cache.read import PrefixCache, load_cache
+from toptune.cache.shelf import cache_path, evict, shelved
 from toptune.cache.store import CacheDiskFull, CacheInvalid, human_bytes
 
 __all__ = [
@@ -65,11 +67,13 @@ __all__ = [
     "bucketing_padding",
     "build_cache",
     "build_shards",
+    "cache_path",
     "cached_batches",
     "cached_logits",
     "choose_prefix_mode",
     "disk_free",
     "epoch_indices",
+    "evict",
     "finish_cache",
     "fingerprint",
     "fingerprint_diff",
@@ -86,5 +90,6 @@ __all__ = [
     "prefix_offloaded",
     "prepare_cache",
     "resolve_prefix_mode",
+    "shelved",
     "storage_dtype",
 ]

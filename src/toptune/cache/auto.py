@@ -25,7 +25,8 @@ import torch
 from toptune.cache.build import disk_free, row_bytes
 from toptune.cache.forward import run_prefix
 from toptune.cache.plan import plan_shards, shard_bytes_of
-from toptune.cache.store import cache_files, human_bytes
+from toptune.cache.shelf import shelved
+from toptune.cache.store import human_bytes
 from toptune.config import TrainingConfig
 from toptune.data.batches import batch_indices, rows_batch
 from toptune.data.tokens import Encoded
@@ -125,7 +126,7 @@ def choose_prefix_mode(
     rb = row_bytes(clf, cfg)
     need = sum(shard_bytes_of(j, rb) for j in plan_shards(data, rb))
     directory.mkdir(parents=True, exist_ok=True)
-    free = free_bytes(directory) + sum(f.stat().st_size for f in cache_files(directory))
+    free = free_bytes(directory) + sum(c.bytes for c in shelved(directory))  # old caches give way
     compute = compute_rate(clf, data["train"], cfg.batch_size, cfg.seed)
     read = read_rate(directory) / rb if free_bytes(directory) > 2 * PROBE_BYTES else 0.0
     rates = f"the prefix computes {compute:,.0f} tokens/s, the disk reads {read:,.0f} tokens/s of cache"

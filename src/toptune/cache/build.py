@@ -31,6 +31,7 @@ from toptune.cache.plan import (
 )
 from toptune.cache.read import PrefixCache, load_cache
 from toptune.cache.shard import BUILD_BATCH_TOKENS, build_shard
+from toptune.cache.shelf import cache_path, clear_old_layout, deeper_cache, evict, mark_used
 from toptune.cache.store import (
     MANIFEST,
     CacheDiskFull,
@@ -141,7 +142,8 @@ def build_shards(
         ) as bar:
             for job in todo:
                 bar.set_postfix(shard=job.name)
-                build_shard(clf, data[job.split], job, directory, dtype, key, batch_tokens, bar.update)
+                block = fp["first_trainable_block"]
+                build_shard(clf, data[job.split], job, directory, dtype, key, batch_tokens, bar.update, block)
                 report.built += 1
     finally:
         clf.model.train(was_training)
@@ -235,7 +237,7 @@ def _readable(path: str | Path, fp: dict) -> bool:
         return False
 
 
-def _unusable(path: Path, fp: dict, data: dict[str, Encoded], verify: bool) -> str | None:
+def _unusable(path: Path, fp: dict, data: dict[str, Encoded], verify: bool | str) -> str | None:
     """Why the cache at ``path`` cannot serve ``data`` (None: it can)."""
     try:
         cache = load_cache(path, fp, verify)
@@ -254,15 +256,28 @@ def prepare_cache(
     path: str | Path | None = None,
     progress: bool | None = None,
     rebuild: bool = False,
+    block: int | None = None,
 ) -> PrefixCache:
-    """Reuse the cache at ``path`` (default ``training.cache_dir``) when it is complete and valid for
-    this model, split, tokenizer, max_length, dtype and data; otherwise say why and build it
-    (resuming the complete shards of an interrupted build of the same fingerprint). Under torchrun
-    every process calls it: rank 0 checks the shards' hashes, the others their sizes, and all reuse
-    the cache only if every one of them can; else they build it together (:func:`build_cache`)."""
-    path = Path(path or cfg.cache_dir)
+    """The cache of this model, block, tokenizer, max_length, dtype and data under ``path`` (default
+    ``training.cache_dir``, which holds one cache per fingerprint: :mod:`toptune.cache.shelf`): reused when
+    complete and valid (its shards checked per ``training.cache_verify``), else built, resuming the complete
+    shards of an interrupted build; then marked used (and held) while least recently used caches beyond
+    ``training.cache_max_bytes`` go. Under torchrun every process calls it: rank 0 checks the hashes, the
+    others the sizes, and all reuse the cache only if every one of them can; else they build it together
+    (:func:`build_cache`).
+
+    ``block``: the block whose input to store (at most the first trainable block; a sweep over K gives its
+    deepest K's). By default the first trainable block's, unless only a cache of an earlier block of the
+    same model and data is there (:func:`toptune.cache.shelf.deeper_cache`): it serves, the blocks between
+    run frozen."""
+    root = Path(path or cfg.cache_dir)
     progress = cfg.progress if progress is None else progress
-    fp = fingerprint(clf, data, cfg)
+    if block is not None and not 0 < block <= clf.first_trainable_block:
+        raise ValueError(f"a cache for blocks {clf.first_trainable_block}… stores block 1…{clf.first_trainable_block}")
+    fp = fingerprint(clf, data, cfg, block)
+    here = cache_path(root, fp)
+    if block is None and not rebuild and not (here / MANIFEST).is_file():
+        here, fp = next((d for d in distributed.all_gather(deeper_cache(root, clf, data, cfg)) if d), (here, fp))
     dropout = float(getattr(backbone(clf.model).config, "attention_dropout", 0.0) or 0.0)
     if dropout > 0 and distributed.is_main():
         log.warning(
@@ -270,20 +285,27 @@ def prepare_cache(
             "the live no_grad prefix would apply it",
             dropout,
         )
-    if rebuild:
-        if distributed.is_main():
-            remove_cache(path)
-        distributed.barrier()
-        return build_cache(clf, data, cfg, path, fp, progress, reason="rebuild requested")
-    reason = next(
-        (r for r in distributed.all_gather(_unusable(path, fp, data, verify=distributed.is_main())) if r), None
-    )
-    if reason is not None:
+    if distributed.is_main():
+        clear_old_layout(root)
+    if rebuild and distributed.is_main():
+        remove_cache(here)
+    verify = cfg.cache_verify if distributed.is_main() else False
+    reason = "rebuild requested" if rebuild else None
+    reason = reason or next((r for r in distributed.all_gather(_unusable(here, fp, data, verify)) if r), None)
+    if reason is None:
+        cache = load_cache(here, fp, verify=False)  # checked just now
+        log.info("prefix cache at %s reused (%s, fingerprint matches)", here, human_bytes(cache.bytes))
+    else:
         if reason.startswith("no cache at"):
-            log.info("no prefix cache at %s yet; building it", path)
-        else:
-            log.warning("prefix cache at %s is not usable: %s; rebuilding", path, reason)
-        return build_cache(clf, data, cfg, path, fp, progress, reason=reason)
-    cache = load_cache(path, fp, verify=False)  # checked just now
-    log.info("prefix cache at %s reused (%s, fingerprint matches)", path, human_bytes(cache.bytes))
+            log.info("no prefix cache at %s yet; building it", here)
+        elif not rebuild:
+            log.warning("prefix cache at %s is not usable: %s; rebuilding", here, reason)
+        if distributed.is_main():  # room for it first
+            rb = row_bytes(clf, cfg)
+            evict(root, here, cfg.cache_max_bytes, sum(shard_bytes_of(j, rb) for j in plan_shards(data, rb)))
+        distributed.barrier()
+        cache = build_cache(clf, data, cfg, here, fp, progress, reason=reason)
+    cache.lock = mark_used(here)
+    if distributed.is_main():
+        evict(root, here, cfg.cache_max_bytes)
     return cache

@@ -130,13 +130,15 @@ def storage_dtype(cfg: TrainingConfig, model: nn.Module) -> torch.dtype:
     return DTYPES[cfg.cache_dtype]
 
 
-def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig) -> dict:
-    """Everything the stored hidden states depend on; a cache is valid only for an equal fingerprint."""
+def fingerprint(clf, data: dict[str, Encoded], cfg: TrainingConfig, block: int | None = None) -> dict:
+    """Everything the hidden states entering ``block`` (default: the first trainable block) depend on; a cache
+    is valid only for an equal fingerprint."""
+    block = clf.first_trainable_block if block is None else block
     return {
         "format": CACHE_FORMAT,
-        "model_weights": model_weights_hash(clf.model, clf.first_trainable_block),
+        "model_weights": model_weights_hash(clf.model, block),
         "num_layers": clf.num_layers,
-        "first_trainable_block": clf.first_trainable_block,
+        "first_trainable_block": block,
         "tokenizer": tokenizer_hash(clf.tokenizer),
         "max_length": cfg.max_length,
         "dtype": dtype_name(storage_dtype(cfg, clf.model)),

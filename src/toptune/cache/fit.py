@@ -34,16 +34,18 @@ from toptune.train.objective import Objective
 log = logging.getLogger(__name__)
 
 
-def prefix_modules(clf) -> list[nn.Module]:
-    """The modules only the prefix uses: the token embedding and blocks ``0 … first_trainable_block-1``."""
+def prefix_modules(clf, stop: int | None = None) -> list[nn.Module]:
+    """The modules only the prefix up to block ``stop`` (default: the first trainable block) uses: the token
+    embedding and blocks ``0 … stop-1``."""
     inner = backbone(clf.model)
-    return [inner.embed_tokens, *[inner.layers[i] for i in range(clf.first_trainable_block)]]
+    stop = clf.first_trainable_block if stop is None else stop
+    return [inner.embed_tokens, *[inner.layers[i] for i in range(stop)]]
 
 
-def prefix_bytes(clf) -> int:
+def prefix_bytes(clf, stop: int | None = None) -> int:
     """Bytes of the prefix's weights (what cached epochs need not keep on the accelerator)."""
     seen, n = set(), 0
-    for m in prefix_modules(clf):
+    for m in prefix_modules(clf, stop):
         for p in m.parameters():
             if id(p) not in seen:
                 seen.add(id(p))
@@ -52,13 +54,14 @@ def prefix_bytes(clf) -> int:
 
 
 @contextlib.contextmanager
-def prefix_offloaded(clf):
-    """On CUDA, move the prefix's weights to the CPU for the duration (the cached epochs never touch
-    them) and back afterwards, so prediction and export see the whole model on the device again."""
+def prefix_offloaded(clf, stop: int | None = None):
+    """On CUDA, move the weights of the prefix up to block ``stop`` (the cache's block) to the CPU for the
+    duration (the cached epochs never touch them) and back afterwards, so prediction and export see the
+    whole model on the device again."""
     if clf.device.type != "cuda":
         yield 0
         return
-    modules = prefix_modules(clf)
+    modules = prefix_modules(clf, stop)
     # Into pinned host memory with non-blocking copies: for a 4B model's 6.7 GiB prefix, ~0.5 s each way
     # where ``module.to("cpu")`` (pageable memory) took ~5 s.
     for m in modules:
@@ -66,7 +69,7 @@ def prefix_offloaded(clf):
     torch.cuda.synchronize(clf.device)
     torch.cuda.empty_cache()
     try:
-        yield prefix_bytes(clf)
+        yield prefix_bytes(clf, stop)
     finally:
         for m in modules:
             m._apply(lambda t: t.to(clf.device, non_blocking=True))
@@ -102,10 +105,18 @@ def fit_cached(
             100 * pad["padding_fraction_unbucketed"],
             100 * pad["padding_fraction_bucketed"],
         )
-    with prefix_offloaded(clf) as freed:
+    if cache.block < clf.first_trainable_block:
+        log.info(
+            "training blocks %d… on the cache of the states entering block %d: blocks %d…%d run frozen (no_grad)",
+            clf.first_trainable_block,
+            cache.block,
+            cache.block,
+            clf.first_trainable_block - 1,
+        )
+    with prefix_offloaded(clf, cache.block) as freed:
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
-        logits_fn = cached_logits(clf.model, clf.first_trainable_block)
+        logits_fn = cached_logits(clf.model, clf.first_trainable_block, cache.block)
         return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints, objective)
 
 
@@ -115,10 +126,10 @@ def predict_cached(
     """Logits of every example of split ``name`` from the cache, in the split's order (under torchrun the
     processes split the batches and every one gets all the logits)."""
     split = cache.split(name, enc)
-    with prefix_offloaded(clf):
+    with prefix_offloaded(clf, cache.block):
         return eval_split(
             clf.model,
             cached_batches(split, batch_size, False, 0, bucket, clf.device),
-            cached_logits(clf.model, clf.first_trainable_block),
+            cached_logits(clf.model, clf.first_trainable_block, cache.block),
             clf.device,
         )

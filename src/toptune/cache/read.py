@@ -69,6 +69,15 @@ class PrefixCache:
     """Why it was (re)built: ``no cache``, ``stale: …``, ``shard … truncated``, …"""
     resumed_shards: int = 0
     """Shards an interrupted build had completed and this build kept."""
+    lock: int | None = None
+    """The descriptor of the shared lock this process holds on the cache while it uses it
+    (:func:`toptune.cache.shelf.mark_used`), or None."""
+
+    @property
+    def block(self) -> int:
+        """The block whose input the cache stores: a run training blocks from this one on, or from a later one
+        (the blocks between then run frozen from the stored states)."""
+        return int(self.fingerprint["first_trainable_block"])
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -134,10 +143,11 @@ class PrefixCache:
         }
 
 
-def load_cache(path: str | Path, fp: dict, verify: bool = True) -> PrefixCache:
-    """The cache at ``path`` if it is complete (has its manifest), intact (every shard present, of
-    its size and, with ``verify``, of its sha256) and made for fingerprint ``fp``; else
-    :class:`CacheInvalid` saying why. A directory without a manifest is never used."""
+def load_cache(path: str | Path, fp: dict, verify: bool | str = True) -> PrefixCache:
+    """The cache at ``path`` (one cache's own directory) if it is complete (has its manifest), intact (every
+    shard present, of its size and, per ``verify``, of its sha256: :func:`toptune.cache.store.check_shards`)
+    and made for fingerprint ``fp``; else :class:`CacheInvalid` saying why. A directory without a manifest
+    is never used."""
     path = Path(path)
     manifest = read_manifest(path, fp)
     check_shards(path, manifest, verify)

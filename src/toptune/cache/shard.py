@@ -88,8 +88,11 @@ def build_shard(
     fp_key: str,
     batch_tokens: int,
     on_batch: Callable[[int], None] | None = None,
+    block: int | None = None,
 ) -> dict:
-    """Compute and write one shard (rows, padding row, index, then its receipt); returns the receipt."""
+    """Compute and write one shard of the states entering ``block`` (default: the first trainable block):
+    rows, padding row, index, then its receipt; returns the receipt."""
+    block = clf.first_trainable_block if block is None else block
     lengths = enc.lengths()[job.examples]  # (n,) longest first
     index = np.stack([job.examples, lengths, np.zeros_like(lengths)], axis=1)  # (n, 3): example, length, pooled
     dim = backbone(clf.model).config.hidden_size
@@ -102,7 +105,7 @@ def build_shard(
                 index[take, 2] = pool_index(b["input_ids"], clf.pad_token_id).numpy()
                 ids, mask = b["input_ids"].to(clf.device), b["attention_mask"].to(clf.device)
                 with autocast(clf.device):
-                    hidden = run_prefix(clf.model, ids, mask, clf.first_trainable_block)  # (B, T, D)
+                    hidden = run_prefix(clf.model, ids, mask, block)  # (B, T, D)
                 rows = torch.from_numpy(real_rows(lengths[take], ids.shape[1])).to(clf.device)
                 writer.put(hidden.flatten(0, 1).index_select(0, rows).to(dtype))  # (Σ lengths, D), example by example
                 i += len(lengths[take])

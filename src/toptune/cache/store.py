@@ -1,6 +1,7 @@
 """The cache on disk: its layout, per-shard receipts, clean-up, the manifest, validation.
 
-One cache per directory::
+One cache per directory (``training.cache_dir`` holds one such directory per fingerprint key:
+:mod:`toptune.cache.shelf`)::
 
     manifest.json              written last, once every shard is complete: fingerprint, dtype, hidden
                                size, byte order, per split the shards (files, sizes, sha256)
@@ -23,6 +24,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from toptune.cache.fingerprint import CACHE_FORMAT, fingerprint_diff, fingerprint_key
 from toptune.cache.plan import ShardJob
@@ -198,9 +201,41 @@ def read_manifest(directory: Path, fp: dict) -> dict:
     return manifest
 
 
-def check_shards(directory: Path, manifest: dict, verify: bool = True) -> None:
-    """Every shard file of the manifest is present, of its size, and (``verify``) of its sha256."""
+SAMPLE_BYTES = 256 << 20
+"""``training.cache_verify: sample``: shards hashed per reuse, drawn at random until this many bytes (at
+least one shard; the whole cache when it is smaller)."""
+
+
+def sampled_shards(manifest: dict, sample_bytes: int, seed: int | None = None) -> set[str]:
+    """Names of the hidden-state files a sampled check hashes: random shards (``seed``: repeatable) until
+    ``sample_bytes`` are drawn."""
+    files = [(s["hidden"]["file"], s["hidden"]["bytes"]) for sp in manifest["splits"].values() for s in sp["shards"]]
+    order = np.random.default_rng(seed).permutation(len(files))
+    chosen: set[str] = set()
+    drawn = 0
+    for i in order:
+        if drawn >= sample_bytes and chosen:
+            break
+        chosen.add(files[i][0])
+        drawn += files[i][1]
+    return chosen
+
+
+def check_shards(
+    directory: Path,
+    manifest: dict,
+    verify: bool | str = True,
+    sample_bytes: int = SAMPLE_BYTES,
+    seed: int | None = None,
+) -> None:
+    """Every shard file of the manifest is present and of its size, and of its sha256: every one
+    (``verify`` True or ``"full"``), a random sample (``"sample"``: :func:`sampled_shards`; the index
+    files, small, always) or none (False). A flipped byte in a shard the sample leaves out passes this
+    reuse; each reuse draws anew, and ``full`` catches it always."""
+    sampled = sampled_shards(manifest, sample_bytes, seed) if verify == "sample" else set()
     for sp in manifest["splits"].values():
         for shard in sp["shards"]:
             for kind in ("hidden", "index"):
-                check_file(directory, shard[kind]["file"], shard[kind], verify)
+                name = shard[kind]["file"]
+                hashed = verify in (True, "full") or (verify == "sample" and (kind == "index" or name in sampled))
+                check_file(directory, name, shard[kind], hashed)

@@ -11,6 +11,7 @@ from toptune.config.groups import (
     LoraSettings,
     ModelConfig,
     PredictConfig,
+    ProbeConfig,
     RunConfig,
     TrainingConfig,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ModelConfig",
     "PredictConfig",
     "PrefixMode",
+    "ProbeConfig",
     "RunConfig",
     "TrainingConfig",
     "parse_group",

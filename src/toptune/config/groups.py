@@ -193,9 +193,16 @@ class TrainingConfig:
     progress: bool = True
     """Show progress bars."""
     cache_dir: NonBlank = "data/04_feature/prefix_cache"
-    """``prefix_mode: cache`` (or ``auto`` choosing it): where the prefix's hidden states are stored (one
-    fingerprinted cache; reused while model, block split, tokenizer, max_length, dtype and data are unchanged,
-    else rebuilt)."""
+    """``prefix_mode: cache`` (or ``auto`` choosing it): where the prefix's hidden states are stored, one
+    directory per fingerprint (model, block split, tokenizer, max_length, dtype, data), side by side: every
+    run whose fingerprint matches reuses its cache (a seed or lr sweep, two configurations run in turn)."""
+    cache_max_bytes: Annotated[int, Field(gt=0)] | None = None
+    """The most bytes the caches under ``cache_dir`` may take together: beyond it the least recently used
+    go (never one a live process uses); null: keep what fits while the disk keeps 5 % of its size free."""
+    cache_verify: Literal["sample", "full"] = "sample"
+    """How a reused cache is checked, besides its manifest and every file's size: ``sample`` hashes random
+    shards, 256 MiB a reuse (a corrupt shard outside the sample is missed this time, caught by a later
+    draw); ``full`` hashes every byte (minutes per hundred GiB)."""
     cache_dtype: Dtype = "auto"
     """``prefix_mode: cache``: dtype of the stored hidden states: ``auto`` (what the prefix computes
     in, the model weights' dtype: exact; bf16 on CUDA under ``model.dtype: auto``), ``float32`` or
@@ -288,6 +295,25 @@ class InspectConfig:
 
 
 @dataclass(config=STRICT)
+class ProbeConfig:
+    """What ``kedro run --pipeline probe`` fits (parameters ``probe.*``): a linear probe on each block's output of
+    the base model, to see where the task's information lives before choosing ``model.trainable_layers``."""
+
+    batch_size: Count = 32
+    """Examples per no_grad forward pass of the base model (padded to the batch's longest row)."""
+    max_rows: Count | None = 2000
+    """At most this many rows of each of the train and validation splits (a sample seeded by ``training.seed``);
+    null = all. The pooled vectors take rows × blocks × hidden × 4 bytes per split in memory."""
+    tolerance: Annotated[float, Field(ge=0)] = 0.01
+    """A block whose validation value is within this of the best block's (in the metric's units) has caught up:
+    the first such block ends the frozen prefix of the recommended K."""
+    max_iter: Count = 500
+    """Iterations of each LogisticRegression fit (lbfgs); a fit stopped there is marked ``converged: false``."""
+    regularization: Positive = 1.0
+    """L2 strength on the standardised vectors: LogisticRegression's C is 1 / it, Ridge's alpha is it."""
+
+
+@dataclass(config=STRICT)
 class RunConfig:
     """Every parameter group of a run, typed: what :func:`toptune.config.parse.parse_params` makes of Kedro's
     parameters, once, before any node runs."""
@@ -299,6 +325,7 @@ class RunConfig:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
     inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         check_kind(self.data, self.training)
@@ -334,6 +361,7 @@ GROUPS: dict[str, type] = {
     "export": ExportConfig,
     "predict": PredictConfig,
     "inspect": InspectConfig,
+    "probe": ProbeConfig,
 }
 """Every parameter group and its dataclass (``training`` → :class:`TrainingConfig`); a group not named here
 is refused (a misspelt ``trainig``)."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from toptune.cache import CacheInvalid, cached_logits, fingerprint, load_cache
+from toptune.cache import CacheInvalid, cache_path, cached_logits, fingerprint, load_cache
 from toptune.config import INSPECT_MODES, LoraSettings, ModelConfig
 from toptune.inspect.estimate import estimate_report, shape_of
 from toptune.inspect.measure import measure_step, prefix_keys
@@ -269,10 +269,11 @@ def cache_batch(data: dict, training, split: str, n: int) -> StoredBatch:
 
     def get(clf):
         try:
-            cache = load_cache(training.cache_dir, fingerprint(clf, data, training))
+            fp = fingerprint(clf, data, training)
+            cache = load_cache(cache_path(training.cache_dir, fp), fp, training.cache_verify)
         except CacheInvalid as e:
             return None, f"prefix cache not used: {e}"
         b = cache.split(split, data[split], clf.pad_token_id).batch(np.arange(n), clf.device)
-        return b, f"prefix cache at {training.cache_dir} (fingerprint matches)"
+        return b, f"prefix cache at {cache.path} (fingerprint matches)"
 
     return get

@@ -49,6 +49,16 @@ def run_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, firs
     return hidden.detach()
 
 
+def run_between(model: nn.Module, hidden: Tensor, attention_mask: Tensor, start: int, stop: int) -> Tensor:
+    """Hidden states (B, T, D) entering block ``stop`` from ``hidden`` entering block ``start``: frozen blocks
+    run without recording a graph (a cache stored at a deeper boundary serving a run of fewer blocks)."""
+    if start == stop:
+        return hidden
+    with torch.no_grad():
+        out = run_view(block_view(backbone(model), start, stop, final_norm=False), attention_mask, inputs_embeds=hidden)
+    return out.detach()
+
+
 def run_top(
     model: nn.Module,
     hidden: Tensor,

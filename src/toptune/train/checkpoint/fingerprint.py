@@ -35,6 +35,8 @@ FORMAT = 1
 IGNORED_PARAMS = frozenset(
     {
         "training.cache_dir",
+        "training.cache_max_bytes",
+        "training.cache_verify",
         "training.checkpoint_every",
         "training.resume",
         "training.progress",
