@@ -66,18 +66,28 @@ def shelved(root: Path) -> list[Shelved]:
     return sorted(out, key=lambda s: s.last_used)
 
 
+_HELD: dict[Path, int] = {}
+"""The lock descriptor this process holds per cache directory (one, however often the cache is used)."""
+
+
 def mark_used(path: Path) -> int:
     """Touch ``path``'s use stamp and take its shared lock; returns the lock's descriptor (held until the
     process ends or :func:`release` closes it): an eviction elsewhere leaves this cache alone meanwhile."""
     (path / USED).touch()  # an existing file gets the time now
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
+    key = path.resolve()
+    if key not in _HELD:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD[key] = fd
+    return _HELD[key]
 
 
 def release(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
+    """Drop the lock :func:`mark_used` returned (this process is done with that cache)."""
+    for key, held in list(_HELD.items()):
+        if held == fd:
+            del _HELD[key]
+            os.close(fd)
 
 
 def _in_use(path: Path) -> bool:
