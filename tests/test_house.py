@@ -33,6 +33,7 @@ ROOMS = (
     "serve",
     "inspect",
     "probe",
+    "sweep",
     "io",
     "bench",
     "integrations",

@@ -48,13 +48,12 @@ def default_metric(problem_type: str) -> str:
     return METRICS[problem_type][0]
 
 
-def check_metric(metric: str, problem_type: str) -> None:
-    """Fail naming the parameter when ``metric`` is not one ``problem_type`` computes (``accuracy`` for regression)."""
+def check_metric(metric: str, problem_type: str, parameter: str = "training.metric_for_best") -> None:
+    """Fail naming ``parameter`` when ``metric`` is not one ``problem_type`` computes (``accuracy`` for regression)."""
     if metric not in METRICS[problem_type]:
         choices = ", ".join(repr(m) for m in METRICS[problem_type])
         raise ConfigError(
-            f"training.metric_for_best={metric!r} is not a {problem_type} metric (data.problem_type); "
-            f"choose one of {choices}"
+            f"{parameter}={metric!r} is not a {problem_type} metric (data.problem_type); choose one of {choices}"
         )
 
 

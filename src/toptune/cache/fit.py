@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ def fit_cached(
     cache_dir: str | Path | None = None,
     checkpoints: Checkpoints | None = None,
     objective: Objective | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """Train on ``data['train']`` from the prefix cache (built or reused first), validating on the
     cached ``data['val']`` each epoch; same loop, optimiser and schedule as the live modes.
@@ -117,7 +119,7 @@ def fit_cached(
         if freed:
             log.info("prefix weights (%s) moved off %s for the cached epochs", human_bytes(freed), clf.device)
         logits_fn = cached_logits(clf.model, clf.first_trainable_block, cache.block)
-        return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints, objective)
+        return train(clf.model, train_b, logits_fn, cfg, clf.device, val_b, checkpoints, objective, on_epoch)
 
 
 def predict_cached(

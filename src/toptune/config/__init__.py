@@ -13,6 +13,7 @@ from toptune.config.groups import (
     PredictConfig,
     ProbeConfig,
     RunConfig,
+    SweepConfig,
     TrainingConfig,
 )
 from toptune.config.parse import parse_group, parse_params
@@ -52,6 +53,7 @@ __all__ = [
     "PredictConfig",
     "PrefixMode",
     "ProbeConfig",
+    "SweepConfig",
     "RunConfig",
     "TrainingConfig",
     "parse_group",

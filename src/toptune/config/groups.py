@@ -11,7 +11,7 @@ column, K or a list of block indices) is the group's ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -313,6 +313,64 @@ class ProbeConfig:
     """L2 strength on the standardised vectors: LogisticRegression's C is 1 / it, Ridge's alpha is it."""
 
 
+SWEPT_GROUPS = ("training", "lora", "model")
+"""The groups whose keys ``sweep.space`` may draw."""
+
+
+@dataclass(config=STRICT)
+class SweepConfig:
+    """What ``kedro run --pipeline sweep`` tries (parameters ``sweep.*``): Optuna trials (TPE, seeded by
+    ``training.seed``) of the training run, every one on the one prefix cache of the data."""
+
+    trials: Count = 20
+    """Trials of the study in all, complete or pruned, over every invocation and machine: a sweep started again
+    with the same study runs only the trials still missing."""
+    space: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {
+            "training.lr": {"low": 3e-4, "high": 1e-2, "log": True},
+            "lora.r": {"choices": [4, 8, 16]},
+        }
+    )
+    """Dotted parameter → ``{low, high, log}`` (integers when both bounds are, else floats; ``log``: on a log
+    scale) or ``{choices: [...]}``, over any ``training.*``, ``lora.*`` or ``model.*`` key
+    (``model.trainable_layers``: the cache is built once, at the deepest K the space holds)."""
+    metric: NonBlank | None = None
+    """The validation metric a trial is scored by (at its kept epoch); null = ``training.metric_for_best``."""
+    storage: NonBlank | None = None
+    """An Optuna storage URL; null = ``sqlite:///data/06_models/sweep/optuna.db``. Several machines running
+    one sweep share one RDB URL (PostgreSQL, MySQL), each with its own prefix cache."""
+    study: NonBlank = "toptune"
+    """The study's name in the storage: the same name continues the sweep, another starts a new one."""
+    prune: bool = True
+    """Stop a trial whose validation metric at an epoch is worse than the median of the earlier trials' at that
+    epoch (Optuna's median pruner; from the third trial, after the first epoch)."""
+
+    def __post_init__(self) -> None:
+        for name, spec in self.space.items():
+            check_dimension(name, spec)
+
+
+def check_dimension(name: str, spec: dict[str, Any]) -> None:
+    """One entry of ``sweep.space``: a known ``training`` / ``lora`` / ``model`` key and a well-formed range."""
+    group, _, key = name.partition(".")
+    known = {f.name for f in dataclasses.fields(GROUPS[group])} if group in SWEPT_GROUPS else set()
+    if key not in known:
+        raise ConfigError(
+            f"sweep.space names {name!r}, which is not a parameter of {', '.join(SWEPT_GROUPS)} (e.g. training.lr)"
+        )
+    if set(spec) == {"choices"}:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"sweep.space.{name}.choices must be a non-empty list")
+        return
+    if not ({"low", "high"} <= set(spec) <= {"low", "high", "log"}):
+        raise ConfigError(f"sweep.space.{name} must be {{low, high, log}} or {{choices: [...]}}, not {spec!r}")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        raise ConfigError(f"sweep.space.{name}: low={low!r} must be a number below high={high!r}")
+    if spec.get("log") and low <= 0:
+        raise ConfigError(f"sweep.space.{name}: a log scale needs low > 0, not {low!r}")
+
+
 @dataclass(config=STRICT)
 class RunConfig:
     """Every parameter group of a run, typed: what :func:`toptune.config.parse.parse_params` makes of Kedro's
@@ -326,9 +384,12 @@ class RunConfig:
     predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
     inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         check_kind(self.data, self.training)
+        if self.sweep.metric is not None:
+            check_metric(self.sweep.metric, self.data.problem_type, "sweep.metric")
 
 
 def check_kind(data: DataConfig, training: TrainingConfig) -> None:
@@ -362,6 +423,7 @@ GROUPS: dict[str, type] = {
     "predict": PredictConfig,
     "inspect": InspectConfig,
     "probe": ProbeConfig,
+    "sweep": SweepConfig,
 }
 """Every parameter group and its dataclass (``training`` → :class:`TrainingConfig`); a group not named here
 is refused (a misspelt ``trainig``)."""

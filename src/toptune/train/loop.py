@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,10 +83,13 @@ def train(
     val: Batches | None = None,
     checkpoints: Checkpoints | None = None,
     objective: Objective | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """AdamW over trainable parameters, linear warm-up and decay, clipping, accumulation; validation per
     epoch, the best epoch's weights kept (``training.metric_for_best``), early stopping, checkpoints.
-    ``objective``: the loss and validation metrics (default: single-label cross-entropy)."""
+    ``objective``: the loss and validation metrics (default: single-label cross-entropy); ``on_epoch``:
+    called with each epoch's number and row (``train_loss``, ``val_<metric>``…) once it is validated (a
+    sweep reports it to its pruner, and may stop the run by raising)."""
     run = _setup(model, data.n, logits_fn, cfg, device, checkpoints)
     run.objective = objective or Objective()
     run._restore()
@@ -103,6 +107,8 @@ def train(
         run._save_checkpoint()
         if show:
             tqdm.write(_row_text(row))
+        if on_epoch is not None:
+            on_epoch(epoch, row)
     if run.best_weights is not None:
         run._load_weights(run.best_weights)
     return TrainResult(
