@@ -54,16 +54,21 @@ def sweep_trials(
 
 @contextlib.contextmanager
 def trial_run(number: int, params: dict):
-    """One trial as an MLflow child run of the sweep's run: its parameters, per-epoch metrics, state."""
+    """One trial as an MLflow child run of the sweep's run: its parameters, per-epoch metrics, state. A pruned
+    trial's run ends FINISHED, tagged ``PRUNED`` (the pruner's exception passes on after the run is closed:
+    raised through ``start_run`` it would mark the run FAILED)."""
+    pruned: optuna.TrialPruned | None = None
     with mlflow.start_run(run_name=f"trial {number}", nested=True):
         mlflow.log_params(params)
         mlflow.set_tag("sweep.trial", str(number))
         try:
             yield lambda name, value, step: mlflow.log_metric(name, value, step=step)
-        except optuna.TrialPruned:
+            mlflow.set_tag("sweep.state", "COMPLETE")
+        except optuna.TrialPruned as e:
             mlflow.set_tag("sweep.state", "PRUNED")
-            raise
-        mlflow.set_tag("sweep.state", "COMPLETE")
+            pruned = e
+    if pruned is not None:
+        raise pruned
 
 
 def study_plots(study: optuna.Study) -> dict[str, Figure]:
