@@ -30,8 +30,8 @@ from toptune.data.tokens import Encoded
 from toptune.io.atomic import staging_dir, swap_dir
 from toptune.sweep.space import apply, deepest_block, suggest
 from toptune.task import LOWER_IS_BETTER, Task
-from toptune.train.objective import Objective, make_task, stored_labels
-from toptune.train.recipe import Classifier, build_classifier
+from toptune.train.objective import Objective
+from toptune.train.recipe import Classifier, build_classifier, task_classifier
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _objective(cfg, sweep: SweepConfig, metric, data, id2label, keep_dir: Path, 
         run = apply(cfg, params)
         t0 = time.perf_counter()
         with tracker(trial.number, params) as track:
-            clf = _classifier(run, data, id2label)
+            clf = task_classifier(run, data, id2label)
             if not block:
                 block.append(deepest_block(sweep.space, cfg, clf.num_layers))
             training = dataclasses.replace(run.training, prefix_mode="cache", resume="never")
@@ -150,16 +150,6 @@ def _objective(cfg, sweep: SweepConfig, metric, data, id2label, keep_dir: Path, 
             return value
 
     return objective
-
-
-def _classifier(run: RunConfig, data: dict[str, Encoded], id2label: dict[int, str]) -> Classifier:
-    """The trial's classifier (seeded by ``training.seed``) and its task from the training split."""
-    task = make_task(run.data, run.training, id2label, stored_labels(data["train"], run.data.problem_type))
-    clf = build_classifier(
-        run.model, run.lora, id2label, run.training.seed, run.training.device, problem_type=task.problem_type
-    )
-    clf.task = task
-    return clf
 
 
 def _is_best(study: optuna.Study, value: float) -> bool:

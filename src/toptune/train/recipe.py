@@ -37,7 +37,7 @@ from toptune.train.checkpoint.resume import CHECKPOINT_DIR, Checkpoints
 from toptune.train.device import autocast, resolve_device
 from toptune.train.history import EvalResult
 from toptune.train.loop import TrainResult, train
-from toptune.train.objective import Objective
+from toptune.train.objective import Objective, make_task, stored_labels
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,18 @@ def build_classifier(
     trainable_blocks = model_cfg.trainable_blocks(len(decoder_layers(model)))
     peft_model = trainable_in_fp32(add_adapters(model, lora, trainable_blocks)).to(dev)
     return Classifier(peft_model, tok, trainable_blocks, dev, Task(problem_type, dict(id2label)))
+
+
+def task_classifier(cfg: RunConfig, data: dict[str, Encoded], id2label: dict[int, str]) -> Classifier:
+    """The classifier of ``cfg`` (seeded by ``training.seed``) with its task made from the training split's
+    stored labels (class weights, target scaling): what a training run and a sweep's trial train."""
+    train_labels = stored_labels(data["train"], cfg.data.problem_type)
+    task = make_task(cfg.data, cfg.training, id2label, train_labels)
+    clf = build_classifier(
+        cfg.model, cfg.lora, id2label, cfg.training.seed, cfg.training.device, problem_type=task.problem_type
+    )
+    clf.task = task
+    return clf
 
 
 def check_forward_split(clf: Classifier, enc: Encoded, batch_size: int) -> dict:

@@ -15,15 +15,15 @@ from toptune.model.lora import trainable_blocks
 from toptune.pipelines.utils import id2label_from_json, metric_items, metric_series
 from toptune.serve.bundle import Bundle, base_identity, task_fields
 from toptune.train import distributed
-from toptune.train.objective import calibrate, make_task, stored_labels
+from toptune.train.objective import calibrate
 from toptune.train.recipe import (
     Classifier,
-    build_classifier,
     check_forward_split,
     describe,
     fit,
     predict,
     resolve_base_checkpoint,
+    task_classifier,
     training_setup,
 )
 
@@ -48,11 +48,7 @@ def train_model(
     cfg = RunConfig(data=data, model=model, lora=lora, training=training)  # what the checkpoints are fingerprinted with
     set_seed(cfg.training.seed)
     id2label = id2label_from_json(label_map)
-    task = make_task(cfg.data, cfg.training, id2label, stored_labels(tokenised["train"], cfg.data.problem_type))
-    clf = build_classifier(
-        cfg.model, cfg.lora, id2label, cfg.training.seed, cfg.training.device, problem_type=task.problem_type
-    )
-    clf.task = task
+    clf = task_classifier(cfg, tokenised, id2label)
     facts = describe(clf)
     check = check_forward_split(clf, tokenised["train"], cfg.training.batch_size)
     log.info(
