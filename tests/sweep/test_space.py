@@ -65,3 +65,18 @@ def test_a_bad_space_is_one_line_naming_it(space, message):
 def test_a_sweep_metric_the_kind_lacks_is_refused():
     with pytest.raises(ConfigError, match="sweep.metric='rmse' is not a single_label_classification metric"):
         parse_params({"sweep": {"metric": "rmse"}})
+
+
+def test_a_grid_sweep_draws_every_combination_once_and_refuses_a_range():
+    from toptune.sweep.study import sampler
+
+    space = {"model.trainable_layers": {"choices": [1, 2, 4]}, "lora.r": {"choices": [4, 8]}}
+    cfg = parse_params({"sweep": {"space": space, "sampler": "grid"}})
+    study = optuna.create_study(sampler=sampler(cfg.sweep, 0))
+    drawn = []
+    study.optimize(lambda trial: drawn.append(tuple(suggest(trial, cfg.sweep.space).values())) or 0.5, n_trials=20)
+    assert sorted(drawn) == [(k, r) for k in (1, 2, 4) for r in (4, 8)]  # the grid once, then the study stops
+    with pytest.raises(
+        ConfigError, match="sweep.sampler grid needs {choices: \\[...\\]} for every dimension; training"
+    ):
+        parse_params({"sweep": {"space": {"training.lr": {"low": 1e-4, "high": 1e-3}}, "sampler": "grid"}})

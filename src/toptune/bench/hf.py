@@ -60,8 +60,11 @@ def hf_model(setup: Setup, bc: BenchConfig):
 
 
 def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict:
-    """``Trainer`` + PEFT as a user sets it up: ``DataCollatorWithPadding``, evaluation each epoch."""
+    """``Trainer`` + PEFT as a user sets it up: ``DataCollatorWithPadding``, evaluation each epoch. Besides the
+    figures of :func:`toptune.bench.timing.result_row`: ``setup_seconds`` (``from_pretrained``, PEFT, the
+    datasets and the ``Trainer``: before ``train_seconds``' clock) and ``val_accuracy`` per epoch."""
     tc, data, dev = bc.training, setup.data, setup.device
+    setup_clock = timed(dev, peak=False).__enter__()
     model = hf_model(setup, bc)
 
     def rows(enc: Encoded) -> list[dict]:  # a list is a map-style dataset
@@ -128,6 +131,7 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
         compute_metrics=accuracy,
         callbacks=[timer],
     )
+    setup_clock.__exit__(None, None, None)
     CountingCollator.real = CountingCollator.padded = 0
     with timed(dev) as t:
         trainer.train()
@@ -142,4 +146,6 @@ def run_hf_trainer(setup: Setup, bc: BenchConfig, group_by_length: bool) -> dict
         timer.seconds,
         float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean()),
         padding_fraction=pad,
+        setup_seconds=setup_clock.seconds,
+        val_accuracy=[float(e["eval_accuracy"]) for e in trainer.state.log_history if "eval_accuracy" in e],
     )

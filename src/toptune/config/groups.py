@@ -319,7 +319,7 @@ SWEPT_GROUPS = ("training", "lora", "model")
 
 @dataclass(config=STRICT)
 class SweepConfig:
-    """What ``kedro run --pipeline sweep`` tries (parameters ``sweep.*``): Optuna trials (TPE, seeded by
+    """What ``kedro run --pipeline sweep`` tries (parameters ``sweep.*``): Optuna trials (TPE or a grid, seeded by
     ``training.seed``) of the training run, every one on the one prefix cache of the data."""
 
     trials: Count = 20
@@ -344,10 +344,20 @@ class SweepConfig:
     prune: bool = True
     """Stop a trial whose validation metric at an epoch is worse than the median of the earlier trials' at that
     epoch (Optuna's median pruner; from the third trial, after the first epoch)."""
+    sampler: Literal["tpe", "grid"] = "tpe"
+    """How trials draw their values: ``tpe`` (Optuna's TPE, seeded by ``training.seed``), or ``grid`` (every
+    combination of the space once, in a seeded order; every dimension must be ``{choices: [...]}``, and the
+    study ends when the grid is done even if ``sweep.trials`` is larger), e.g. a sweep over K."""
 
     def __post_init__(self) -> None:
         for name, spec in self.space.items():
             check_dimension(name, spec)
+        if self.sampler == "grid":
+            ranged = [name for name, spec in self.space.items() if "choices" not in spec]
+            if ranged:
+                raise ConfigError(
+                    f"sweep.sampler grid needs {{choices: [...]}} for every dimension; {ranged[0]} is a range"
+                )
 
 
 def check_dimension(name: str, spec: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ Each trial draws its parameters (:mod:`toptune.sweep.space`), builds the classif
 cache built once at the deepest K of the space (a trial of fewer blocks runs the blocks between frozen),
 reports its validation metric after every epoch to the pruner, and is scored by its kept epoch. The
 trainable weights and task of the best complete trial are kept in ``keep_dir`` (over invocations: a sweep
-started again continues the study and may keep an earlier invocation's trial). Tracking is the caller's:
+started again continues the study and may keep an earlier invocation's trial). Several machines on one storage
+each keep their own best; one whose best trial ran elsewhere trains that trial again from its parameters,
+on its own cache, so that every machine ends with the study's best model. Tracking is the caller's:
 ``tracker`` opens a record per trial (an MLflow child run in the pipeline).
 """
 
@@ -53,6 +55,9 @@ class SweepResult:
     """Prefix caches this invocation built (1 for a new sweep, 0 for one continued on its cache)."""
     study: str
     storage: str
+    retrained: float | None = None
+    """The best trial's value when trained again here, its weights being elsewhere (another machine's
+    ``keep_dir``); None when its kept weights were loaded."""
     classifier: Classifier | None = field(default=None, repr=False)
 
     def report(self) -> dict:
@@ -76,7 +81,7 @@ def run_sweep(
         study_name=sweep.study,
         storage=storage,
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.training.seed),
+        sampler=sampler(sweep, cfg.training.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.prune else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
@@ -97,6 +102,18 @@ def run_sweep(
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     done = [t for t in trials if t["state"] == "COMPLETE"]
     best = study.best_trial if done else None
+    clf, retrained = None, None
+    if best is not None:
+        clf = _kept_classifier(cfg, best, data, id2label, keep_dir)
+        if clf is None:  # the best trial ran on another machine (or its weights were removed): train it here
+            log.warning(
+                "sweep: the best trial %d's weights are not in %s (it ran elsewhere): training it again here",
+                best.number,
+                keep_dir,
+            )
+            clf, retrained, built = train_trial(cfg, dict(best.params), data, id2label, None)
+            builds.append(int(built))
+            _keep(clf, best.number, dict(best.params), retrained, keep_dir)
     return SweepResult(
         trials,
         _trial_row(best) if best is not None else None,
@@ -104,25 +121,50 @@ def run_sweep(
         sum(builds),
         sweep.study,
         storage,
-        _kept_classifier(cfg, best, data, id2label, keep_dir) if best is not None else None,
+        retrained,
+        clf,
     )
+
+
+def sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE, or the grid of every ``choices`` combination (checked when parsed: all dimensions are choices)."""
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler({name: list(spec["choices"]) for name, spec in sweep.space.items()}, seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def train_trial(
+    cfg: RunConfig,
+    params: dict[str, Any],
+    data: dict[str, Encoded],
+    id2label: dict[int, str],
+    block: int | None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> tuple[Classifier, float, bool]:
+    """One trial's run: ``params`` applied to ``cfg``, trained on the prefix cache at ``block`` (None: the
+    deepest K of ``cfg.sweep.space``). Returns the classifier, its value (the sweep's metric at the kept epoch)
+    and whether the cache was built for it."""
+    run = apply(cfg, params)
+    clf = task_classifier(run, data, id2label)
+    block = deepest_block(cfg.sweep.space, cfg, clf.num_layers) if block is None else block
+    training = dataclasses.replace(run.training, prefix_mode="cache", resume="never")
+    cache = prepare_cache(clf, data, training, block=block)
+    result = fit_cached(
+        clf, data, training, cache=cache, objective=Objective(clf.task, training.regression_loss), on_epoch=on_epoch
+    )
+    kept = result.best["epoch"] if result.best is not None else len(result.epochs) - 1
+    metric = cfg.sweep.metric or str(cfg.training.metric_for_best)
+    value = float(next(e[f"val_{metric}"] for e in result.epochs if e["epoch"] == kept))
+    return clf, value, cache.status == "built"
 
 
 def _objective(cfg, sweep: SweepConfig, metric, data, id2label, keep_dir: Path, tracker, builds, study):
     """Optuna's objective: one trial trained on the cache, reported per epoch, kept when it is the best."""
-    block: list[int] = []  # the cache's block, from the first trial's model
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, sweep.space)
-        run = apply(cfg, params)
         t0 = time.perf_counter()
         with tracker(trial.number, params) as track:
-            clf = task_classifier(run, data, id2label)
-            if not block:
-                block.append(deepest_block(sweep.space, cfg, clf.num_layers))
-            training = dataclasses.replace(run.training, prefix_mode="cache", resume="never")
-            cache = prepare_cache(clf, data, training, block=block[0])
-            builds.append(int(cache.status == "built"))
 
             def on_epoch(epoch: int, row: dict) -> None:
                 for k, v in row.items():
@@ -133,16 +175,8 @@ def _objective(cfg, sweep: SweepConfig, metric, data, id2label, keep_dir: Path, 
                     track("pruned_at_epoch", float(epoch), None)
                     raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
 
-            result = fit_cached(
-                clf,
-                data,
-                training,
-                cache=cache,
-                objective=Objective(clf.task, training.regression_loss),
-                on_epoch=on_epoch,
-            )
-            kept = result.best["epoch"] if result.best is not None else len(result.epochs) - 1
-            value = float(next(e[f"val_{metric}"] for e in result.epochs if e["epoch"] == kept))
+            clf, value, built = train_trial(cfg, params, data, id2label, None, on_epoch)
+            builds.append(int(built))
             track("value", value, None)
             track("seconds", time.perf_counter() - t0, None)
             if _is_best(study, value):
@@ -174,15 +208,12 @@ def _keep(clf: Classifier, number: int, params: dict, value: float, keep_dir: Pa
 
 
 def _kept_classifier(cfg: RunConfig, best, data, id2label, keep_dir: Path) -> Classifier | None:
-    """The best trial's classifier rebuilt from ``keep_dir`` (None, and a warning, when another trial is kept)."""
+    """The best trial's classifier rebuilt from ``keep_dir`` (None when another trial, or none, is kept there)."""
     try:
         meta = json.loads((keep_dir / "trial.json").read_text())
     except OSError:
         meta = {}
     if meta.get("trial") != best.number:
-        log.warning(
-            "sweep: the best trial %d's weights are not in %s (kept: %s)", best.number, keep_dir, meta.get("trial")
-        )
         return None
     run = apply(cfg, meta["params"])
     clf = build_classifier(

@@ -99,7 +99,7 @@ def bundle_best(
         model, **{k.split(".", 1)[1]: v for k, v in best["params"].items() if k.startswith("model.")}
     )
     out = bundle_model(classifier, input_example, data, trained, training)
-    out["bundle"].extra["sweep"] = {k: sweep_report[k] for k in ("study", "storage", "direction")} | {
+    out["bundle"].extra["sweep"] = {k: sweep_report[k] for k in ("study", "storage", "direction", "retrained")} | {
         "trial": best["number"],
         "value": best["value"],
         "params": best["params"],
