@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from toptune.bench.config import BenchConfig, bench_training, device_name, prepare_setup
 from toptune.bench.main import quiet_libraries
 from toptune.bench.pretrained import PRETRAINED_DIR, ensure_pretrained_qwen2
+from toptune.bench.report import write_report
 from toptune.bench.sweep import untracked
 from toptune.config import DataConfig, LoraSettings, ProbeConfig, RunConfig, SweepConfig
 from toptune.probe.run import run_probe
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None, pc: ProbeBenchConfig | None = None) -> d
     quiet_libraries()
     pc = pc or parse_args(argv)
     result = run_bench(pc)
-    out = Path(pc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PROBE_JSON).write_text(json.dumps(result, indent=1))
-    print(format_table(result))
-    print(f"wrote {out / PROBE_JSON}")
+    write_report(result, pc.out_dir, PROBE_JSON, format_table(result))
     return result
 
 

@@ -148,3 +148,13 @@ def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     return {"json": out / "bench.json", "png": chart(result, out / "bench.png")}
+
+
+def write_report(result: dict, out_dir: str | Path, name: str, table: str) -> Path:
+    """``result`` as ``out_dir/name`` (JSON); ``table`` and the path printed (the sweep and probe benches)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=1))
+    print(table)
+    print(f"wrote {out / name}")
+    return out / name

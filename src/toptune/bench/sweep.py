@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from toptune.bench.config import BenchConfig, Setup, config_dict, device_name, prepare_setup
 from toptune.bench.hf import run_hf_trainer
 from toptune.bench.main import quiet_libraries
+from toptune.bench.report import write_report
 from toptune.bench.runs import warm_up
 from toptune.bench.timing import timed
 from toptune.config import DataConfig, RunConfig, SweepConfig
@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None, sc: SweepBenchConfig | None = None) -> d
     quiet_libraries()
     sc = sc or parse_args(argv)
     result = run_bench(sc)
-    out = Path(sc.bench.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_JSON).write_text(json.dumps(result, indent=1))
-    print(format_table(result))
-    print(f"wrote {out / SWEEP_JSON}")
+    write_report(result, sc.bench.out_dir, SWEEP_JSON, format_table(result))
     return result
 
 

@@ -42,6 +42,12 @@ def start_run(run_name: str):
     return mlflow.start_run(run_name=run_name)
 
 
+def log_file(path: str) -> None:
+    """``path`` as an artifact of the active run, when the bench wrote it."""
+    if os.path.exists(path):
+        mlflow.log_artifact(path)
+
+
 def log_by_rows(run_name: str, result: dict, json_path: str, metric=lambda row, key: key) -> str:
     """One MLflow run of a bench whose points grow in rows (bench-scale, bench-data): the configuration as
     parameters, each point's numbers as metrics ``metric(point, key)`` with its rows as the step, the
@@ -56,8 +62,7 @@ def log_by_rows(run_name: str, result: dict, json_path: str, metric=lambda row, 
         mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
         if "cached_epoch" in result:
             log_numbers("cached_epoch", result["cached_epoch"])
-        if os.path.exists(json_path):
-            mlflow.log_artifact(json_path)
+        log_file(json_path)
         return run.info.run_id
 
 

@@ -13,7 +13,7 @@ import sys
 import mlflow
 
 from toptune.bench import probe
-from toptune.integrations.bench import EXPERIMENT, flat, start_run
+from toptune.integrations.bench import EXPERIMENT, flat, log_file, start_run
 from toptune.probe.plot import probe_figure
 
 
@@ -37,9 +37,7 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
             numbers |= {f"best.{k}": v for k, v in result["best"].items()} | {"gap": result["gap"]}
         mlflow.log_metrics({k: float(v) for k, v in numbers.items() if v is not None})
         mlflow.log_figure(probe_figure(result["probe"]), "bench_probe.png")
-        path = os.path.join(out_dir, probe.PROBE_JSON)
-        if os.path.exists(path):
-            mlflow.log_artifact(path)
+        log_file(os.path.join(out_dir, probe.PROBE_JSON))
         return run.info.run_id
 
 

@@ -13,7 +13,7 @@ import sys
 import mlflow
 
 from toptune.bench import sweep
-from toptune.integrations.bench import EXPERIMENT, flat, start_run
+from toptune.integrations.bench import EXPERIMENT, flat, log_file, start_run
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
@@ -37,9 +37,7 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
                     if t[key] is not None:
                         mlflow.log_metric(f"{name}.trial_{key}", float(t[key]), step=int(t["number"]))
         mlflow.log_metrics({f"summary.{k}": float(v) for k, v in result["summary"].items()})
-        path = os.path.join(out_dir, sweep.SWEEP_JSON)
-        if os.path.exists(path):
-            mlflow.log_artifact(path)
+        log_file(os.path.join(out_dir, sweep.SWEEP_JSON))
         return run.info.run_id
 
 
