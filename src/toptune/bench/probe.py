@@ -4,7 +4,7 @@ On the pretrained ``qwen2`` checkpoint (:mod:`toptune.bench.pretrained`, 30 bloc
 
 1. the probe (:func:`toptune.probe.run.run_probe`): a logistic regression per block on the frozen model's
    pooled outputs, fitted on train, scored on validation, and the K it recommends;
-2. a grid sweep over ``model.trainable_layers`` (:func:`toptune.sweep.run_sweep`, ``sweep.sampler: grid``,
+2. a grid sweep over ``model.trainable_layers`` (:func:`toptune.bench.sweep.fresh_sweep`, ``sweep.sampler: grid``,
    pruner off) on one prefix cache at the deepest K, the recommended K among the choices; each trial's
    ``value`` is its best epoch's validation accuracy;
 3. ``gap``: the best trial's value minus the recommended K's (the question: is it ≤ 0.01?).
@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from toptune.bench.config import BenchConfig, bench_training, device_name, prepare_setup
 from toptune.bench.main import quiet_libraries
 from toptune.bench.pretrained import PRETRAINED_DIR, ensure_pretrained_qwen2
 from toptune.bench.report import write_report
-from toptune.bench.sweep import untracked
+from toptune.bench.sweep import fresh_sweep
 from toptune.config import DataConfig, LoraSettings, ProbeConfig, RunConfig, SweepConfig
 from toptune.probe.run import run_probe
-from toptune.sweep import run_sweep
-from toptune.train.recipe import predict
 
 PROBE_JSON = "bench_probe.json"
 
@@ -75,9 +70,6 @@ def run_bench(pc: ProbeBenchConfig) -> dict:
     probe = run_probe(setup.model_cfg, training, pc.probe, setup.data, setup.id2label, problem)
     k = int(probe["recommended_trainable_layers"])
     ks = sorted(set(pc.ks) | {k})
-    work = Path(pc.work_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     space = {"model.trainable_layers": {"choices": ks}}
     cfg = RunConfig(
         data=DataConfig(),
@@ -86,15 +78,9 @@ def run_bench(pc: ProbeBenchConfig) -> dict:
         training=training,
         sweep=SweepConfig(trials=len(ks), space=space, metric="accuracy", study="probe", prune=False, sampler="grid"),
     )
-    data = {s: v for s, v in setup.data.items() if s != "test"}
-    t0 = time.perf_counter()
-    result = run_sweep(cfg, data, setup.id2label, f"sqlite:///{work / 'optuna.db'}", work / "kept", untracked)
-    seconds = time.perf_counter() - t0
-    by_k = {t["params"]["model.trainable_layers"]: t for t in result.trials}
-    best = result.best
-    test = None
-    if result.classifier is not None:
-        test = predict(result.classifier, setup.data["test"], training.eval_batch_size).accuracy
+    sweep = fresh_sweep(cfg, setup, pc.work_dir)
+    by_k = {t["params"]["model.trainable_layers"]: t for t in sweep["trials"]}
+    best = sweep.pop("best")
     return {
         "config": {
             "model": model_dir,
@@ -106,12 +92,7 @@ def run_bench(pc: ProbeBenchConfig) -> dict:
         },
         "device": device_name(setup.device),
         "probe": probe,
-        "sweep": {
-            "seconds": seconds,
-            "cache_builds": result.cache_builds,
-            "trials": result.trials,
-            "best_test_accuracy": test,
-        },
+        "sweep": sweep,
         "recommended": {"trainable_layers": k, "value": by_k[k]["value"]},
         "best": {"trainable_layers": best["params"]["model.trainable_layers"], "value": best["value"]}
         if best

@@ -88,15 +88,15 @@ def untracked(number: int, params: dict):
     yield lambda name, value, step: None
 
 
-def run_toptune(sc: SweepBenchConfig, setup: Setup, prune: bool) -> dict:
-    """toptune's sweep from an empty cache and study: end-to-end seconds, every trial, the best's test accuracy."""
-    cfg, work = run_config(sc, setup, prune), Path(sc.work_dir)
+def fresh_sweep(cfg: RunConfig, setup: Setup, work_dir: str) -> dict:
+    """``cfg``'s sweep on train and val from an empty cache and study in ``work_dir``: end-to-end ``seconds``,
+    ``cache_builds``, every trial, the ``best``, and the best's accuracy on the test split (off the clock)."""
+    work = Path(work_dir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data = {k: v for k, v in setup.data.items() if k != "test"}
     with timed(setup.device) as t:
         result = run_sweep(cfg, data, setup.id2label, f"sqlite:///{work / 'optuna.db'}", work / "kept", untracked)
-    best = result.best
     acc = None
     if result.classifier is not None:
         acc = predict(result.classifier, setup.data["test"], cfg.training.eval_batch_size).accuracy
@@ -104,10 +104,15 @@ def run_toptune(sc: SweepBenchConfig, setup: Setup, prune: bool) -> dict:
         "seconds": t.seconds,
         "cache_builds": result.cache_builds,
         "trials": result.trials,
-        "pruned": sum(tr["state"] == "PRUNED" for tr in result.trials),
-        "best": best,
+        "best": result.best,
         "best_test_accuracy": acc,
     }
+
+
+def run_toptune(sc: SweepBenchConfig, setup: Setup, prune: bool) -> dict:
+    """toptune's sweep from an empty cache and study (:func:`fresh_sweep`), with the count of pruned trials."""
+    side = fresh_sweep(run_config(sc, setup, prune), setup, sc.work_dir)
+    return side | {"pruned": sum(tr["state"] == "PRUNED" for tr in side["trials"])}
 
 
 def run_hf(sc: SweepBenchConfig, setup: Setup, trials: list[dict]) -> dict:

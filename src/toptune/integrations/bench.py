@@ -42,6 +42,13 @@ def start_run(run_name: str):
     return mlflow.start_run(run_name=run_name)
 
 
+def log_config(config: dict, device: str, prefix: str = "") -> None:
+    """A bench's configuration as parameters ``<prefix><key>`` of the active run (flattened, each value cut to
+    MLflow's 250 characters), its machine as tag ``<prefix>device``."""
+    mlflow.log_params({f"{prefix}{k}": str(v)[:250] for k, v in flat("", config, {}).items()})
+    mlflow.set_tag(f"{prefix}device", device)
+
+
 def log_file(path: str) -> None:
     """``path`` as an artifact of the active run, when the bench wrote it."""
     if os.path.exists(path):
@@ -53,8 +60,7 @@ def log_by_rows(run_name: str, result: dict, json_path: str, metric=lambda row, 
     parameters, each point's numbers as metrics ``metric(point, key)`` with its rows as the step, the
     summary as ``summary.*``, the JSON as artifact; returns the run id."""
     with start_run(run_name) as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
-        mlflow.set_tag("device", result["machine"])
+        log_config(result["config"], result["machine"])
         for r in result["runs"]:
             for key, value in r.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "rows":
@@ -73,14 +79,12 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
         for prefix, part in ([("", result)] if "runs" in result else []) + (
             [("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []
         ):
-            mlflow.log_params({f"{prefix}{k}": str(v)[:250] for k, v in flat("", part.get("config", {}), {}).items()})
-            mlflow.set_tag(f"{prefix}device", str(part.get("device")))
+            log_config(part.get("config", {}), str(part.get("device")), prefix)
             for name, row in part["runs"].items():
                 log_numbers(f"{prefix}{name}", row)
             log_numbers(f"{prefix}speedups", part.get("speedups", {}))
         for f in ("bench.json", "bench.png"):
-            if os.path.exists(os.path.join(out_dir, f)):
-                mlflow.log_artifact(os.path.join(out_dir, f))
+            log_file(os.path.join(out_dir, f))
         return run.info.run_id
 
 

@@ -13,15 +13,14 @@ import sys
 import mlflow
 
 from toptune.bench import probe
-from toptune.integrations.bench import EXPERIMENT, flat, log_file, start_run
+from toptune.integrations.bench import EXPERIMENT, log_config, log_file, start_run
 from toptune.probe.plot import probe_figure
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run ``bench-probe``: configuration, the probe's curve, the sweep by K, the gap, the JSON."""
     with start_run("bench-probe") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
-        mlflow.set_tag("device", result["device"])
+        log_config(result["config"], result["device"])
         for row in result["probe"]["layers"]:
             mlflow.log_metric("probe.value", float(row["value"]), step=int(row["block"]))
         for t in result["sweep"]["trials"]:

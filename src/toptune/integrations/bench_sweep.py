@@ -13,14 +13,13 @@ import sys
 import mlflow
 
 from toptune.bench import sweep
-from toptune.integrations.bench import EXPERIMENT, flat, log_file, start_run
+from toptune.integrations.bench import EXPERIMENT, log_config, log_file, start_run
 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run ``bench-sweep``: configuration, each side's figures and trials, the summary, the JSON."""
     with start_run("bench-sweep") as run:
-        mlflow.log_params({k: str(v)[:250] for k, v in flat("", result["config"], {}).items()})
-        mlflow.set_tag("device", result["device"])
+        log_config(result["config"], result["device"])
         for name, side in result["sides"].items():
             numbers = {
                 "seconds": side["seconds"],

@@ -75,7 +75,7 @@ def run_sweep(
     """Run the trials ``cfg.sweep`` still misses (``sweep.trials`` counts every complete or pruned trial of
     the study), each on the one prefix cache; returns every trial, the best, and its classifier."""
     sweep = cfg.sweep
-    metric = sweep.metric or str(cfg.training.metric_for_best)
+    metric = sweep_metric(cfg)
     direction: Literal["minimize", "maximize"] = "minimize" if metric in LOWER_IS_BETTER else "maximize"
     study = optuna.create_study(
         study_name=sweep.study,
@@ -111,7 +111,7 @@ def run_sweep(
                 best.number,
                 keep_dir,
             )
-            clf, retrained, built = train_trial(cfg, dict(best.params), data, id2label, None)
+            clf, retrained, built = train_trial(cfg, dict(best.params), data, id2label)
             builds.append(int(built))
             _keep(clf, best.number, dict(best.params), retrained, keep_dir)
     return SweepResult(
@@ -133,28 +133,30 @@ def sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def sweep_metric(cfg: RunConfig) -> str:
+    """The validation metric trials are scored by: ``sweep.metric``, else ``training.metric_for_best``."""
+    return cfg.sweep.metric or str(cfg.training.metric_for_best)
+
+
 def train_trial(
     cfg: RunConfig,
     params: dict[str, Any],
     data: dict[str, Encoded],
     id2label: dict[int, str],
-    block: int | None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> tuple[Classifier, float, bool]:
-    """One trial's run: ``params`` applied to ``cfg``, trained on the prefix cache at ``block`` (None: the
-    deepest K of ``cfg.sweep.space``). Returns the classifier, its value (the sweep's metric at the kept epoch)
-    and whether the cache was built for it."""
+    """One trial's run: ``params`` applied to ``cfg``, trained on the prefix cache at the deepest K of
+    ``cfg.sweep.space``. Returns the classifier, its value (the sweep's metric at the kept epoch) and whether
+    the cache was built for it."""
     run = apply(cfg, params)
     clf = task_classifier(run, data, id2label)
-    block = deepest_block(cfg.sweep.space, cfg, clf.num_layers) if block is None else block
     training = dataclasses.replace(run.training, prefix_mode="cache", resume="never")
-    cache = prepare_cache(clf, data, training, block=block)
+    cache = prepare_cache(clf, data, training, block=deepest_block(cfg.sweep.space, cfg, clf.num_layers))
     result = fit_cached(
         clf, data, training, cache=cache, objective=Objective(clf.task, training.regression_loss), on_epoch=on_epoch
     )
     kept = result.best["epoch"] if result.best is not None else len(result.epochs) - 1
-    metric = cfg.sweep.metric or str(cfg.training.metric_for_best)
-    value = float(next(e[f"val_{metric}"] for e in result.epochs if e["epoch"] == kept))
+    value = float(next(e[f"val_{sweep_metric(cfg)}"] for e in result.epochs if e["epoch"] == kept))
     return clf, value, cache.status == "built"
 
 
@@ -175,7 +177,7 @@ def _objective(cfg, sweep: SweepConfig, metric, data, id2label, keep_dir: Path, 
                     track("pruned_at_epoch", float(epoch), None)
                     raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch}")
 
-            clf, value, built = train_trial(cfg, params, data, id2label, None, on_epoch)
+            clf, value, built = train_trial(cfg, params, data, id2label, on_epoch)
             builds.append(int(built))
             track("value", value, None)
             track("seconds", time.perf_counter() - t0, None)

@@ -16,6 +16,7 @@ from toptune.data.tokens import Encoded
 from toptune.pipelines.train.nodes import bundle_model
 from toptune.pipelines.utils import id2label_from_json
 from toptune.sweep import run_sweep
+from toptune.sweep.study import sweep_metric
 from toptune.train.objective import calibrate
 from toptune.train.recipe import Classifier, predict
 
@@ -45,9 +46,7 @@ def sweep_trials(
     clf, best = result.classifier, result.best
     if clf is not None and best is not None:
         clf.task, _ = calibrate(clf.task, predict(clf, tokenised["val"], training.eval_batch_size), training)
-        log.info(
-            "sweep: best trial %d, val %s %.4f", best["number"], sweep.metric or training.metric_for_best, best["value"]
-        )
+        log.info("sweep: best trial %d, val %s %.4f", best["number"], sweep_metric(cfg), best["value"])
     study = optuna.load_study(study_name=sweep.study, storage=storage)
     return clf, result.report(), study_plots(study)
 
