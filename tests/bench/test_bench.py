@@ -402,7 +402,9 @@ def test_a_llama_checkpoint_becomes_a_qwen2_of_the_same_logits():
     assert all(b.self_attn.q_proj.bias.abs().max() == 0 for b in qwen.model.layers)
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
-        assert torch.equal(llama(ids).logits, qwen(ids).logits)
+        # fp32: a zero bias may send a projection through another BLAS kernel (addmm, not mm), whose summation
+        # order can move the last bits on another CPU; 1e-5 on logits of order 1 is far below any real mismatch.
+        torch.testing.assert_close(qwen(ids).logits, llama(ids).logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
