@@ -27,7 +27,7 @@ from toptune.bench.config import (
 )
 from toptune.bench.hf import hf_model
 from toptune.bench.rss import RssSampler, rss_anon_bytes
-from toptune.bench.runs import _classifier
+from toptune.bench.runs import bench_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
@@ -94,7 +94,21 @@ def test_bench_runs_every_variant_and_writes_the_report(config, tmp_path, monkey
     assert run.data.metrics["speedups.hf_trainer_over_cache"] == pytest.approx(
         result["speedups"]["hf_trainer_over_cache"]
     )
-    assert {"bench.json", "bench.png"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"bench.json", "bench.png", "profile_build_batch.json", "profile_cached_epoch.json"} <= artifacts
+    # The profiles after the timed runs: a Chrome trace and the top operators of each.
+    for name in ("build_batch", "cached_epoch"):
+        profiled = result["profile"][name]
+        events = json.loads(Path(profiled["trace"]).read_text())["traceEvents"]
+        assert any(e.get("name") == "aten::mm" or e.get("name") == "aten::addmm" for e in events), name
+        top = profiled["top"]
+        assert top and all(o["ms"] > 0 and o["calls"] > 0 for o in top), name
+        assert [o["ms"] for o in top] == sorted((o["ms"] for o in top), reverse=True)
+        assert 0 < sum(o["share"] for o in top) <= 1 + 1e-9
+    fused = {o["name"] for o in result["profile"]["cached_epoch"]["top"]} | {
+        e.get("name") for e in json.loads(Path(result["profile"]["cached_epoch"]["trace"]).read_text())["traceEvents"]
+    }
+    assert any("_LoraLinear" in str(n) for n in fused), "the cached epoch runs the fused projections"
 
 
 def test_speedups_arithmetic():
@@ -123,7 +137,7 @@ def test_speedups_arithmetic():
 @pytest.mark.slow
 def test_hf_baseline_starts_from_toptune_weights(config):
     setup = prepare_setup(config, config.model_dir)
-    ours = dict(_classifier(setup, config).model.named_parameters())
+    ours = dict(bench_classifier(setup, config).model.named_parameters())
     theirs = dict(hf_model(setup, config).named_parameters())
     assert ours.keys() == theirs.keys()
     trainable = [n for n, p in ours.items() if p.requires_grad]
@@ -168,6 +182,32 @@ def test_gpu_bench_code_path_runs_on_cpu_at_tiny_size(config, small_spec, tmp_pa
     assert gpu.ensure_gpu_model(g.model_dir, g.spec, "cpu") == Path(g.model_dir)  # written once
     assert (tmp_path / "big" / "model.safetensors").stat().st_mtime_ns == written
     assert "Qwen3-4B-shaped" in report.format_table(result)
+
+
+@pytest.mark.slow
+def test_gpu_bench_takes_an_existing_checkpoint(config, tiny_qwen3, tmp_path):
+    """``--gpu-checkpoint``: the GPU bench's runs on a given checkpoint (the pretrained ``qwen2`` on a GPU),
+    nothing written in place of it."""
+    from toptune.bench import main as bench_main
+
+    g = GpuBenchConfig(
+        device="cpu",
+        checkpoint=str(tiny_qwen3),
+        model_dir=str(tmp_path / "never"),
+        rows=40,
+        max_length=24,
+        reviews_per_text=3,
+        runs=("no_grad", "cache"),
+    )
+    result = bench_main.main(bc=BenchConfig(**{**config.__dict__, "gpu": g, "profile": False}), tiny=False)
+    part = result["gpu_4b"]
+    assert part["config"]["model"] == {"checkpoint": str(tiny_qwen3)} and part["config"]["model_path"] == str(
+        tiny_qwen3
+    )
+    assert list(part["runs"]) == ["no_grad", "cache"] and "profile" not in part
+    assert all(0 <= r["test_accuracy"] <= 1 for r in part["runs"].values())
+    assert not (tmp_path / "never").exists()
+    assert f"{tiny_qwen3}, bf16" in report.format_table(result)
 
 
 def test_joined_reviews_fill_the_sequence():

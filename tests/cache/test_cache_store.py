@@ -8,6 +8,7 @@ Tiny checkpoints and rows of the bundled table; small shards (16 KiB) so the spl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -40,9 +41,14 @@ from toptune.cache import (
     prefetched,
 )
 from toptune.cache.build import row_bytes
+from toptune.cache.fingerprint import fingerprint_key
 from toptune.cache.plan import shard_bytes_of
+from toptune.cache.shard import BUILD_BATCH_TOKENS, ShardWriter
+from toptune.cache.store import files_of
 from toptune.config import TrainingConfig
+from toptune.data.batches import rows_batch
 from toptune.model.tiny import TinyQwenSpec, write_tiny_qwen
+from toptune.prefix.forward import pool_index, run_prefix
 
 SHARD = 16 << 10
 """16 KiB shards: ~60 rows of width-64 fp32 states each."""
@@ -91,6 +97,71 @@ def test_plan_is_deterministic_and_covers_every_example(tiny_qwen3, data):
     shares = [jobs_of_rank(plan, r, 3) for r in range(3)]
     assert sorted(j.name for s in shares for j in s) == sorted(j.name for j in plan)
     assert [j.name for j in shares[1]] == [j.name for i, j in enumerate(plan) if i % 3 == 1]
+
+
+def reference_shard(clf, enc, job, batch_tokens: int) -> tuple[bytes, np.ndarray]:
+    """A shard as the build must write it, computed here in plain sequence: the job's examples (longest
+    first) in batches of ``batch_tokens // longest`` rows, each batch's real rows in order, a zero row;
+    and its (example, length, pooled) index."""
+    lengths = enc.lengths()[job.examples]
+    parts, pooled, i = [], [], 0
+    clf.model.eval()
+    while i < len(job.examples):
+        take = job.examples[i : i + max(1, batch_tokens // int(lengths[i]))]
+        b = rows_batch(enc, take, clf.pad_token_id)
+        with torch.inference_mode():
+            hidden = run_prefix(clf.model, b["input_ids"], b["attention_mask"], clf.first_trainable_block)
+        parts.append(hidden[b["attention_mask"].bool()])  # (Σ lengths, D)
+        pooled.append(pool_index(b["input_ids"], clf.pad_token_id).numpy())
+        i += len(take)
+    parts.append(torch.zeros(1, parts[0].shape[1], dtype=parts[0].dtype))
+    index = np.stack([job.examples, lengths, np.concatenate(pooled)], axis=1)
+    return torch.cat(parts).view(torch.uint8).numpy().tobytes(), index
+
+
+def test_shards_hold_what_the_prefix_computes_byte_for_byte(tiny_qwen3, data, tmp_path, fresh):
+    """The build's one writer thread (it commits each shard while the next one computes) writes what the
+    prefix computes, in order, nothing lost or moved: every shard file equals its batches' rows computed
+    in plain sequence, byte for byte; every index its rows; every receipt the files' sizes and hashes."""
+    clf, cfg = classifier(tiny_qwen3), config(tmp_path)
+    key = fingerprint_key(fresh.fingerprint)
+    plan = plan_shards(data, row_bytes(clf, cfg), SHARD)
+    assert len(plan) > len(data), "several shards per split: the writer crosses shard ends"
+    for job in plan:
+        expected, index = reference_shard(clf, data[job.split], job, BUILD_BATCH_TOKENS["cpu"])
+        names = files_of(job, key)
+        written = (fresh.path / names["hidden"]).read_bytes()
+        assert written == expected, job.name
+        np.testing.assert_array_equal(np.load(fresh.path / names["index"]), index)
+        receipt = json.loads((fresh.path / names["receipt"]).read_text())
+        assert receipt["files"]["hidden"] == {"bytes": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}
+    assert not temps(fresh.path)
+
+
+def test_writer_raises_its_threads_error_and_removes_what_it_did_not_commit(tmp_path):
+    """The writer thread's first error reaches the building thread (at its next call, or at ``close``);
+    the tasks after it do not run; a shard committed before it stays, one not committed leaves no file."""
+    writer = ShardWriter(torch.device("cpu"))
+    done = writer.open(tmp_path / "done.bin")
+    writer.append(done, torch.ones(2, 4))
+    writer.then(lambda: done.commit() and None)
+    broken = writer.open(tmp_path / "broken.bin")
+    writer.append(broken, torch.ones(2, 4))
+
+    def disk_full() -> None:  # what a full disk raises from a shard's commit
+        raise OSError(28, "No space left on device")
+
+    writer.then(disk_full)
+    ran = []
+    try:
+        writer.then(lambda: ran.append(1))
+    except OSError:
+        pass  # the thread met the error already: refused at once
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert ran == [] and writer.thread.is_alive() is False
+    assert (tmp_path / "done.bin").read_bytes() == torch.ones(2, 4).numpy().tobytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.bin"], "the uncommitted shard's temp file is gone"
 
 
 @pytest.mark.slow

@@ -11,29 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.classifiers import ID2LABEL, batch, classifier
-from toptune.config import LoraSettings, ModelConfig, TrainingConfig
+from support.classifiers import batch, classifier
+from toptune.config import TrainingConfig
 from toptune.data.tokens import from_rows
 from toptune.model.precision import resolve_dtype, weights_dtype
 from toptune.prefix.forward import forward_logits
 from toptune.train.loop import fused_adamw_ok, trainable_parameters
-from toptune.train.recipe import build_classifier, fit
+from toptune.train.recipe import fit
 
 
 def bf16_classifier(path, k: int = 2):
-    clf = build_classifier(
-        ModelConfig(name_or_path=str(path), trainable_layers=k, dtype="bfloat16"),
-        LoraSettings(r=4, alpha=8),
-        ID2LABEL,
-        seed=0,
-        device="cpu",
-    )
-    g = torch.Generator().manual_seed(1)  # non-zero LoRA B, as test_prefix.classifier does
-    with torch.no_grad():
-        for name, p in clf.model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return clf
+    return classifier(path, k, seed=0, dtype="bfloat16")
 
 
 def test_dtype_resolution():

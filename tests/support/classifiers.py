@@ -23,14 +23,23 @@ TEXTS = [
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 
 
-def classifier(path, k: int = 2, seed: int = 0, problem_type: str = SINGLE, id2label: dict | None = None):
-    """A ``problem_type`` classifier on ``path`` with LoRA on the top ``k`` blocks and non-zero adapter weights."""
+def classifier(
+    path,
+    k: int = 2,
+    seed: int = 0,
+    problem_type: str = SINGLE,
+    id2label: dict | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+):
+    """A ``problem_type`` classifier on ``path`` with LoRA on the top ``k`` blocks and non-zero adapter weights
+    (``dtype``: ``model.dtype``; the LoRA weights and the head stay fp32 whatever it is), on ``device``."""
     clf = build_classifier(
-        ModelConfig(name_or_path=str(path), trainable_layers=k),
+        ModelConfig(name_or_path=str(path), trainable_layers=k, dtype=dtype),
         LoraSettings(r=4, alpha=8),
         id2label or ID2LABEL,
         seed=seed,
-        device="cpu",
+        device=device,
         problem_type=problem_type,
     )
     # LoRA's B starts at zero (a no-op); give every adapter weight a value so a wrong path shows.

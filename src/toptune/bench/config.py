@@ -90,6 +90,10 @@ class GpuBenchConfig:
     tokenizer (14 left 21 of 6,000 texts under 256)."""
     runs: tuple[str, ...] = ("hf_trainer", "no_grad", "cache")
     """Which runs (any of ``RUNS``)."""
+    checkpoint: str | None = None
+    """An existing checkpoint to bench instead of the random-weight shape (``spec`` and ``model_dir`` then
+    unused): the pretrained ``qwen2`` of ``make pretrained`` (``data/06_models/smollm2-135m-qwen2``), on
+    which test accuracy says whether the runs learn the same thing. None: the random Qwen3-4B shape."""
 
 
 @dataclass
@@ -120,6 +124,9 @@ class BenchConfig:
     """Run every run once on 64 examples first, unmeasured (first-call costs then fall on no measured run)."""
     gpu: GpuBenchConfig = field(default_factory=GpuBenchConfig)
     """The Qwen3-4B-shaped bench on CUDA."""
+    profile: bool = True
+    """After the timed runs, profile one build batch and one cached epoch (:mod:`toptune.bench.profile`):
+    Chrome traces next to ``bench.json`` and the top operators in it (needs the ``cache`` run)."""
 
     def model_path(self) -> str:
         return self.model_dir or f"data/06_models/tiny-qwen3-{self.num_layers}l-bench"

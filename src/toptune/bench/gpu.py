@@ -25,8 +25,9 @@ from toptune.bench.config import (
     device_name,
     prepare_setup,
 )
+from toptune.bench.profile import profile_cache
 from toptune.bench.report import speedups
-from toptune.bench.runs import run_all, warm_up
+from toptune.bench.runs import bench_classifier, run_all, warm_up
 from toptune.model.tiny import TinyQwenSpec, tiny_config
 from toptune.model.tokenizer import ensure_qwen_tokenizer
 from toptune.train.device import resolve_device
@@ -74,18 +75,25 @@ def gpu_bench_config(bc: BenchConfig) -> BenchConfig:
 
 
 def run_gpu_bench(bc: BenchConfig) -> dict:
-    """``{"config", "device", "runs", "speedups"}`` of the Qwen3-4B-shaped bench (runs ``bc.gpu.runs``)."""
+    """``{"config", "device", "runs", "speedups"}`` of the Qwen3-4B-shaped bench (runs ``bc.gpu.runs``), or
+    of ``bc.gpu.checkpoint`` in its place."""
     g, gbc = bc.gpu, gpu_bench_config(bc)
-    path = ensure_gpu_model(g.model_dir, g.spec, g.device)
+    path = Path(g.checkpoint) if g.checkpoint else ensure_gpu_model(g.model_dir, g.spec, g.device)
+    spec = {"checkpoint": g.checkpoint} if g.checkpoint else g.spec
     table = joined_reviews(bench_table(bc), g.rows, g.reviews_per_text)
     setup = prepare_setup(gbc, str(path), table, dtype="bfloat16")
     if bc.warm_up:
         warm_up(setup, gbc, g.runs)
     runs = run_all(setup, gbc, g.runs)
     lengths = setup.data["train"].lengths()
+    profiled = (
+        {"profile": profile_cache(setup, gbc, bench_classifier(setup, gbc), Path(bc.out_dir) / "gpu_4b")}
+        if bc.profile and "cache" in g.runs
+        else {}
+    )
     return {
         "config": {
-            **config_dict(gbc, setup, g.spec),
+            **config_dict(gbc, setup, spec),
             "rows": g.rows,
             "reviews_per_text": g.reviews_per_text,
             "tokens_per_example_min": int(lengths.min()),
@@ -94,4 +102,5 @@ def run_gpu_bench(bc: BenchConfig) -> dict:
         "device": device_name(setup.device),
         "runs": runs,
         "speedups": speedups(runs),
+        **profiled,
     }

@@ -24,8 +24,9 @@ from toptune.bench.config import (
     prepare_setup,
 )
 from toptune.bench.gpu import run_gpu_bench
+from toptune.bench.profile import format_profile, profile_cache
 from toptune.bench.report import format_table, speedups, write_outputs
-from toptune.bench.runs import run_all, warm_up
+from toptune.bench.runs import bench_classifier, run_all, warm_up
 from toptune.model.tiny import TinyQwenSpec, ensure_tiny_qwen
 
 
@@ -45,6 +46,8 @@ def run_bench(bc: BenchConfig, tiny: bool = True) -> dict:
             "runs": runs,
             "speedups": speedups(runs),
         }
+        if bc.profile and "cache" in bc.runs:
+            result["profile"] = profile_cache(setup, bc, bench_classifier(setup, bc), bc.out_dir)
     g = bc.gpu
     if g.enabled and (g.device != "cuda" or torch.cuda.is_available()):
         result["gpu_4b"] = run_gpu_bench(bc)
@@ -68,10 +71,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
     p.add_argument("--device", default=bc.training.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-warm-up", action="store_true", help="skip the unmeasured warm-up pass")
     p.add_argument("--no-gpu-model", action="store_true", help="skip the Qwen3-4B-shaped bench on CUDA")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of a build batch and a cached epoch")
     p.add_argument("--gpu-only", action="store_true", help="run only the Qwen3-4B-shaped bench (CUDA)")
     p.add_argument("--gpu-rows", type=int, default=g.rows, help="texts in the Qwen3-4B-shaped bench's table")
     p.add_argument("--gpu-runs", default=",".join(g.runs), help="runs of the Qwen3-4B-shaped bench")
     p.add_argument("--gpu-max-length", type=int, default=g.max_length, help="tokens per text of the 4B-shaped bench")
+    p.add_argument("--gpu-checkpoint", default=None, help="bench this checkpoint in place of the random 4B shape")
     a = p.parse_args(argv)
     training = dataclasses.replace(
         bc.training,
@@ -87,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
         enabled=not a.no_gpu_model,
         rows=a.gpu_rows,
         max_length=a.gpu_max_length,
+        checkpoint=a.gpu_checkpoint,
         runs=tuple(r for r in a.gpu_runs.split(",") if r),
     )
     bc = dataclasses.replace(
@@ -99,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, bool]:
         out_dir=a.out_dir,
         warm_up=not a.no_warm_up,
         gpu=gpu,
+        profile=not a.no_profile,
     )
     return bc, not a.gpu_only
 
@@ -118,6 +125,9 @@ def main(argv: list[str] | None = None, bc: BenchConfig | None = None, tiny: boo
     result = run_bench(bc, tiny)
     paths = write_outputs(result, bc.out_dir)
     print(format_table(result))
+    for profiles in (result.get("profile"), result.get("gpu_4b", {}).get("profile")):
+        if profiles:
+            print(format_profile(profiles))
     print(f"wrote {paths['json']} and {paths['png']}")
     return result
 

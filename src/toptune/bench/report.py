@@ -45,10 +45,15 @@ def speedups(runs: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+def _gpu_title(part: dict) -> str:
+    checkpoint = part.get("config", {}).get("model", {}).get("checkpoint")
+    return f"{checkpoint}, bf16" if checkpoint else "Qwen3-4B-shaped, bf16"
+
+
 def parts(result: dict) -> list[tuple[str, dict]]:
     """(title, part) of each bench in ``result``: the tiny model, then the Qwen3-4B shape, each when it ran."""
     return ([("", result)] if "runs" in result else []) + (
-        [("Qwen3-4B-shaped, bf16", result["gpu_4b"])] if "gpu_4b" in result else []
+        [(_gpu_title(result["gpu_4b"]), result["gpu_4b"])] if "gpu_4b" in result else []
     )
 
 

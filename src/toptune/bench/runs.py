@@ -59,7 +59,8 @@ def _padding(setup: Setup, bc: BenchConfig) -> dict[str, float]:
     )
 
 
-def _classifier(setup: Setup, bc: BenchConfig):
+def bench_classifier(setup: Setup, bc: BenchConfig):
+    """The bench's classifier, seeded alike for every run (same score head and LoRA weights)."""
     set_seed(bc.training.seed)
     return build_classifier(
         setup.model_cfg, setup.lora, setup.id2label, bc.training.seed, bc.training.device, tokenizer=setup.tokenizer
@@ -68,7 +69,7 @@ def _classifier(setup: Setup, bc: BenchConfig):
 
 def run_toptune(setup: Setup, bc: BenchConfig, mode: PrefixMode) -> dict:
     """toptune's ``recipe.fit`` in a live prefix mode (``autograd`` / ``no_grad``)."""
-    clf = _classifier(setup, bc)
+    clf = bench_classifier(setup, bc)
     with timed(setup.device) as t:
         result = fit(clf, setup.data, bc.train_cfg(mode))
     acc = predict(clf, setup.data["test"], bc.training.eval_batch_size).accuracy
@@ -93,7 +94,7 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
     cfg = bc.train_cfg("cache")
     for d in (cfg.cache_dir, cfg.cache_dir + "-test"):
         shutil.rmtree(d, ignore_errors=True)
-    clf, data = _classifier(setup, bc), train_val(setup.data)
+    clf, data = bench_classifier(setup, bc), train_val(setup.data)
     with timed(setup.device) as t:
         with timed(setup.device) as build:
             cache = prepare_cache(clf, data, cfg, rebuild=True)
@@ -133,7 +134,7 @@ def run_cache(setup: Setup, bc: BenchConfig) -> dict:
 
 def run_floor(setup: Setup, bc: BenchConfig) -> dict:
     """The floor: fused AdamW over the top K blocks on the same cached, bucketed batches, nothing else."""
-    tc, clf = bc.training, _classifier(setup, bc)
+    tc, clf = bc.training, bench_classifier(setup, bc)
     cache = prepare_cache(
         clf, train_val(setup.data), bc.train_cfg("cache")
     )  # the cache run's, reused (same fingerprint)

@@ -81,8 +81,12 @@ class CachedSplit:
         }
 
     def to_device(self, b: Batch, device: torch.device) -> Batch:
-        """``b`` on ``device`` (``non_blocking``: from pinned memory the copy overlaps compute), states in ``dtype``."""
-        out = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        """``b`` on ``device`` (``non_blocking``: from pinned memory the copy overlaps compute), states in
+        ``dtype``. A batch with no padding goes without ``attention_mask``: the host knows it here, so the
+        blocks take plain causal attention instead of asking the device whether the mask is all ones (a
+        wait for the device every step)."""
+        unpadded = bool(b["attention_mask"].numpy().all())  # (B, T), host memory: read without a torch op
+        out = {k: v.to(device, non_blocking=True) for k, v in b.items() if not (unpadded and k == "attention_mask")}
         out["hidden"] = out["hidden"].to(self.dtype)
         return out
 

@@ -30,7 +30,7 @@ from toptune.cache.plan import (
     shard_bytes_of,
 )
 from toptune.cache.read import PrefixCache, load_cache
-from toptune.cache.shard import BUILD_BATCH_TOKENS, build_shard
+from toptune.cache.shard import BUILD_BATCH_TOKENS, ShardWriter, build_shard
 from toptune.cache.shelf import cache_path, clear_old_layout, deeper_cache, evict, mark_used
 from toptune.cache.store import (
     MANIFEST,
@@ -130,8 +130,10 @@ def build_shards(
             "prefix cache at %s: resuming, %d of %d shard(s) already complete", directory, report.resumed, len(mine)
         )
     batch_tokens = BUILD_BATCH_TOKENS.get(clf.device.type, 8192)
+    lengths = {split: data[split].lengths() for split in {j.split for j in todo}}  # (N,) each, once
     was_training = clf.model.training
     clf.model.eval()  # deterministic prefix: no dropout anywhere
+    writer = ShardWriter(clf.device)
     try:
         with tqdm(
             total=sum(len(j.examples) for j in todo),
@@ -143,10 +145,23 @@ def build_shards(
             for job in todo:
                 bar.set_postfix(shard=job.name)
                 block = fp["first_trainable_block"]
-                build_shard(clf, data[job.split], job, directory, dtype, key, batch_tokens, bar.update, block)
+                build_shard(
+                    clf,
+                    data[job.split],
+                    lengths[job.split],
+                    job,
+                    directory,
+                    dtype,
+                    key,
+                    batch_tokens,
+                    writer,
+                    bar.update,
+                    block,
+                )
                 report.built += 1
     finally:
         clf.model.train(was_training)
+        writer.close()  # every queued shard committed (or, after an error, its temporary file removed)
     return report
 
 

@@ -18,7 +18,8 @@ def cached_logits(model: nn.Module, first_trainable_block: int, stored_block: in
     start = first_trainable_block if stored_block is None else stored_block
 
     def logits(b: dict) -> Tensor:
-        hidden = run_between(model, b["hidden"], b["attention_mask"], start, first_trainable_block)  # (B, T, D)
-        return run_top(model, hidden, b["attention_mask"], b["pooled"], first_trainable_block, fast=True)
+        mask = b.get("attention_mask")  # (B, T); None: nothing is padded (CachedSplit.to_device)
+        hidden = run_between(model, b["hidden"], mask, start, first_trainable_block)  # (B, T, D)
+        return run_top(model, hidden, mask, b["pooled"], first_trainable_block, fast=True)
 
     return logits

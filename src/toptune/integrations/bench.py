@@ -74,7 +74,7 @@ def log_by_rows(run_name: str, result: dict, json_path: str, metric=lambda row, 
 
 def log_to_mlflow(result: dict, out_dir: str) -> str:
     """One MLflow run: each bench's config as parameters, each run's figures and the ratios as metrics
-    (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON and PNG as artifacts."""
+    (the Qwen3-4B-shaped bench's under ``gpu_4b.``), JSON, PNG and the profiles' traces as artifacts."""
     with start_run("bench") as run:
         for prefix, part in ([("", result)] if "runs" in result else []) + (
             [("gpu_4b.", result["gpu_4b"])] if "gpu_4b" in result else []
@@ -83,6 +83,8 @@ def log_to_mlflow(result: dict, out_dir: str) -> str:
             for name, row in part["runs"].items():
                 log_numbers(f"{prefix}{name}", row)
             log_numbers(f"{prefix}speedups", part.get("speedups", {}))
+            for profiled in part.get("profile", {}).values():  # the Chrome traces of toptune.bench.profile
+                log_file(profiled["trace"])
         for f in ("bench.json", "bench.png"):
             log_file(os.path.join(out_dir, f))
         return run.info.run_id

@@ -101,6 +101,11 @@ class AtomicFile:
         fsync_path(self.final.parent)
         return {"bytes": self.bytes, "sha256": self._sha.hexdigest()}
 
+    @property
+    def closed(self) -> bool:
+        """Committed or aborted."""
+        return self._f.closed
+
     def abort(self) -> None:
         self._f.close()
         self.tmp.unlink(missing_ok=True)
@@ -109,7 +114,7 @@ class AtomicFile:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
-        if exc_type is not None or not self._f.closed:
+        if exc_type is not None or not self.closed:
             self.abort()
 
 

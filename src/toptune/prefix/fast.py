@@ -55,10 +55,20 @@ def _block(inner: Decoder, index: int) -> Qwen2DecoderLayer | Qwen3DecoderLayer:
 
 
 def block_inputs(inner: Decoder, hidden: Tensor, attention_mask: Tensor | None) -> BlockInputs:
-    """Masks and rotary embeddings for hidden states ``hidden`` (B, T, D), as ``Qwen{2,3}Model`` builds them."""
+    """Masks and rotary embeddings for hidden states ``hidden`` (B, T, D), as ``Qwen{2,3}Model`` builds them.
+
+    ``attention_mask`` None means no padding (the caller knows it on the host): under SDPA the full
+    attention's mask is then None (``is_causal``). A given mask is taken as padded and built as it is.
+    Neither case asks the device anything: transformers' own checks (is the mask all ones? are the
+    positions packed sequences?) each read a device tensor, which waits for the device every step;
+    the positions are 0 … T−1 here, never packed, so they are not handed to the mask functions."""
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
     kwargs = dict(
-        config=inner.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids
+        config=inner.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=None,
+        allow_is_causal_skip=attention_mask is None,
     )
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if "sliding_attention" in getattr(inner.config, "layer_types", ()):
@@ -159,7 +169,7 @@ def fused_block(inner: Decoder, hidden: Tensor, inputs: BlockInputs, index: int)
 
 
 def run_top_fast(
-    inner: Decoder, hidden: Tensor, attention_mask: Tensor, pooled: Tensor, first_trainable_block: int
+    inner: Decoder, hidden: Tensor, attention_mask: Tensor | None, pooled: Tensor, first_trainable_block: int
 ) -> Tensor:
     """Final-normed hidden state (B, D) at the pooled tokens, from the state ``hidden`` (B, T, D) entering
     block ``first_trainable_block``: blocks fused, the last one at the pooled token only."""

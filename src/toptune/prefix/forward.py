@@ -49,9 +49,10 @@ def run_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, firs
     return hidden.detach()
 
 
-def run_between(model: nn.Module, hidden: Tensor, attention_mask: Tensor, start: int, stop: int) -> Tensor:
+def run_between(model: nn.Module, hidden: Tensor, attention_mask: Tensor | None, start: int, stop: int) -> Tensor:
     """Hidden states (B, T, D) entering block ``stop`` from ``hidden`` entering block ``start``: frozen blocks
-    run without recording a graph (a cache stored at a deeper boundary serving a run of fewer blocks)."""
+    run without recording a graph (a cache stored at a deeper boundary serving a run of fewer blocks).
+    ``attention_mask`` None: nothing is padded."""
     if start == stop:
         return hidden
     with torch.no_grad():
@@ -62,14 +63,15 @@ def run_between(model: nn.Module, hidden: Tensor, attention_mask: Tensor, start:
 def run_top(
     model: nn.Module,
     hidden: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     pooled: Tensor,
     first_trainable_block: int,
     fast: bool = False,
 ) -> Tensor:
     """Logits (B, C) from the state ``hidden`` (B, T, D) entering block ``first_trainable_block``; ``pooled``
-    (B,) picks each example's token. ``fast`` (the cached epochs) runs Qwen2 / Qwen3 dense blocks through
-    :mod:`toptune.prefix.fast`; every other case runs the top view's stock forward, so module hooks fire."""
+    (B,) picks each example's token; ``attention_mask`` None: nothing is padded. ``fast`` (the cached
+    epochs) runs Qwen2 / Qwen3 dense blocks through :mod:`toptune.prefix.fast`; every other case runs the
+    top view's stock forward, so module hooks fire."""
     inner = backbone(model)
     if fast and fast_supported(inner) and first_trainable_block < len(inner.layers):
         return score_head(model)(run_top_fast(inner, hidden, attention_mask, pooled, first_trainable_block))

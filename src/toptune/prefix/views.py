@@ -62,7 +62,7 @@ def block_view(inner: Decoder, start: int, stop: int, final_norm: bool) -> nn.Mo
 
 
 def run_view(
-    view: nn.Module, attention_mask: Tensor, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None
+    view: nn.Module, attention_mask: Tensor | None, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None
 ) -> Tensor:
     """The view's stock forward: hidden states (B, T, D) after its last block (and norm, if it has one)."""
     out = view(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)

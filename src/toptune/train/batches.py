@@ -20,7 +20,7 @@ from toptune.data.batches import batch_indices, rows_batch
 from toptune.data.tokens import Encoded
 from toptune.prefix.forward import forward_logits
 from toptune.train import distributed
-from toptune.train.device import autocast
+from toptune.train.device import autocast, to_device
 from toptune.train.history import EvalResult
 
 Batch = dict[str, Tensor]
@@ -52,7 +52,7 @@ def live_batches(
     def load(indices: Iterable[np.ndarray]) -> Iterator[Batch]:
         for idx in indices:
             b = rows_batch(enc, idx, pad_token_id)
-            yield {k: v.to(device) for k, v in b.items()}
+            yield {k: to_device(v, device) for k, v in b.items()}
 
     return Batches(len(enc), lambda epoch: batch_indices(len(enc), batch_size, shuffle, seed + epoch), load)
 

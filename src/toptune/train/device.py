@@ -18,6 +18,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu" if name == "auto" else name)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: on CUDA staged in pinned memory and copied without blocking the host (a
+    pageable copy blocks until it lands), so the host goes on queueing work; elsewhere ``t.to(device)``."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (weights stay fp32); nothing on CPU (fp32 throughout)."""
     if device.type == "cuda":

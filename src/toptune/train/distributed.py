@@ -111,20 +111,22 @@ def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
         offset += t.numel()
 
 
-def reduce_gradients(params: Sequence[torch.nn.Parameter], losses: Sequence[Tensor]) -> list[float]:
+def reduce_gradients(params: Sequence[torch.nn.Parameter], losses: Sequence[Tensor]) -> Tensor:
     """Sum the parameters' gradients and the micro-batches' loss parts over the processes, in one
-    collective, and return the summed losses. A process whose share of a batch was empty has no
-    gradient: it contributes zeros. In one process: the losses as floats, nothing else."""
+    collective, and return the summed losses (micro-batches,) on the device, unread: reading them
+    waits for the device, which the loop does once per log interval. A process whose share of a
+    batch was empty has no gradient: it contributes zeros. In one process: the losses stacked."""
+    packed = torch.stack(list(losses))  # (micro-batches,)
     if world() <= 1:
-        return [float(x) for x in losses]
+        return packed
     grads = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
-    packed = torch.stack(list(losses)).to(grads[0].device)  # (micro-batches,)
+    packed = packed.to(grads[0].device)
     all_reduce_sum_([*grads, packed])
-    return packed.tolist()
+    return packed
 
 
 def all_gather(obj: Any) -> list[Any]:

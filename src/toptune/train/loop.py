@@ -154,6 +154,8 @@ class _Trainer:
     best_weights: dict[str, Tensor] | None = None
     resumed_from: str | None = None
     objective: Objective = field(default_factory=Objective)
+    unread: list[Tensor] = field(default_factory=list)
+    """The global batches' losses of the steps since the last log, on the device, not yet read."""
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -185,8 +187,9 @@ class _Trainer:
         loss.backward()
         return loss.detach() * self.cfg.grad_accum_steps
 
-    def _optimizer_step(self, parts: list[Tensor]) -> list[float]:
-        """All-reduce the gradients, clip, step optimiser and scheduler; the global batches' losses."""
+    def _optimizer_step(self, parts: list[Tensor]) -> Tensor:
+        """All-reduce the gradients, clip, step optimiser and scheduler; the global batches' losses
+        (micro-batches,), on the device, unread."""
         losses = distributed.reduce_gradients(self.params, parts)
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
@@ -195,18 +198,28 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         return losses
 
-    def _log(self, epoch: int, losses: list[float], batch: int, last_of_epoch: bool) -> None:
+    def _log(self, epoch: int, losses: Tensor, batch: int, last_of_epoch: bool) -> None:
         """Count the optimiser step that ended at global batch ``batch``; log the loss window every
-        ``training.log_every`` steps and at the epoch's end."""
+        ``training.log_every`` steps and at the epoch's end. The losses stay on the device until then:
+        reading a loss waits for the device to finish the step, so it is done once per log interval
+        (one ``tolist`` of the window), not once per step."""
         st = self.st
         st.step, st.batch = st.step + 1, batch
-        st.window += losses
-        st.epoch_losses += losses
+        self.unread.append(losses)
         if st.step % self.cfg.log_every == 0 or last_of_epoch:
+            self._read_losses()
             st.steps.append(
                 {"step": st.step, "epoch": epoch, "loss": float(np.mean(st.window)), "lr": self.sched.get_last_lr()[0]}
             )
             st.window = []
+
+    def _read_losses(self) -> None:
+        """Move the unread losses (device tensors) into the window and the epoch's list, as floats."""
+        if self.unread:
+            values = torch.cat(self.unread).tolist()
+            self.st.window += values
+            self.st.epoch_losses += values
+            self.unread = []
 
     def _train_epoch(self, data: Batches, epoch: int, show: bool) -> dict:
         """The rest of epoch ``epoch`` (all of it, or from a checkpoint's batch); its row of metrics."""
@@ -272,6 +285,7 @@ class _Trainer:
     def _save_checkpoint(self) -> None:
         """Every process calls it (RNG states are gathered); rank 0 writes."""
         if self.checkpoints is not None:
+            self._read_losses()  # the window a checkpoint stores is plain floats
             self.checkpoints.save(
                 self.st.to_meta(),
                 {
